@@ -1,0 +1,213 @@
+"""The operations users call: the CLI and the web dashboard both go through this, never to the store directly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from queuectl import config, jobspec, paths, wakeup
+from queuectl.errors import ConflictError, NotFoundError, ValidationError
+from queuectl.models import TERMINAL_STATES, Attempt, Counts, EngineInfo, Job, JobState, NewJob
+from queuectl.procs import pid_alive
+from queuectl.store import Store, open_store
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    counts: Counts
+    engines: list[EngineInfo]
+    running: list[Job]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobDetail:
+    job: Job
+    attempts: list[Attempt]
+    #: max_retries as it applies now (the job's own, or the configured default).
+    effective_max_retries: int
+    effective_timeout_s: float | None
+
+
+def parse_state(value: str) -> JobState:
+    try:
+        return JobState(value.strip().lower())
+    except ValueError:
+        raise ValidationError(
+            f"unknown state {value!r}; states are: {', '.join(s.value for s in JobState)}"
+        ) from None
+
+
+class Queue:
+    """A handle on one queue (a data directory, or a database URL). Use as `async with Queue(home) as q`."""
+
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
+        self.home = home
+        self.database_url = database_url
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("Queue is not open")
+        return self._store
+
+    async def __aenter__(self) -> Self:
+        paths.ensure_home(self.home)
+        store = open_store(self.home, self.database_url)
+        await store.open()
+        self._store = store
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def _wake(self) -> None:
+        wakeup.wake_engines(self.home)
+        await self.store.notify_change()
+
+    # ---- enqueue ---------------------------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob], *, replace: bool = False) -> list[str]:
+        if not jobs:
+            return []
+        ids = await self.store.enqueue(jobs, now=time.time(), replace=replace)
+        await self._wake()
+        return ids
+
+    async def enqueue_json(self, text: str, *, replace: bool = False) -> str:
+        return (await self.enqueue([jobspec.from_json(text)], replace=replace))[0]
+
+    # ---- reading ---------------------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        return await self.store.get(job_id)
+
+    async def list_jobs(
+        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
+    ) -> list[Job]:
+        if limit < 1 or offset < 0:
+            raise ValidationError("limit must be >= 1 and offset >= 0")
+        return await self.store.list_jobs(state=state, limit=limit, offset=offset, oldest_first=oldest_first)
+
+    async def settings(self) -> config.Settings:
+        return config.resolve(await self.store.config_items())
+
+    async def inspect(self, job_id: str) -> JobDetail:
+        job = await self.store.get(job_id)
+        settings = await self.settings()
+        return JobDetail(
+            job=job,
+            attempts=await self.store.attempts(job_id),
+            effective_max_retries=settings.max_retries if job.max_retries is None else job.max_retries,
+            effective_timeout_s=job.timeout_s if job.timeout_s is not None else settings.job_timeout_s,
+        )
+
+    async def status(self) -> Status:
+        return Status(
+            counts=await self.store.counts(now=time.time()),
+            engines=await self.store.engines(),
+            running=await self.store.running(),
+        )
+
+    async def log_path(self, job_id: str, attempt: int | None = None) -> tuple[Job, int, Path]:
+        """The log file of an attempt (default: the latest one started)."""
+        job = await self.store.get(job_id)
+        if job.runs == 0:
+            raise NotFoundError(f"job {job_id!r} has not run yet: no logs")
+        number = job.runs if attempt is None else attempt
+        if not 1 <= number <= job.runs:
+            raise ValidationError(f"job {job_id!r} has attempts 1 to {job.runs}; got {number}")
+        return job, number, paths.attempt_log_path(self.home, job_id, number)
+
+    # ---- changing --------------------------------------------------------------------------------------------
+
+    async def retry_dead(self, job_ids: Sequence[str] | None) -> list[str]:
+        ids = await self.store.retry_dead(job_ids, now=time.time())
+        if ids:
+            await self._wake()
+        return ids
+
+    async def delete(self, job_ids: Sequence[str]) -> list[str]:
+        deleted = await self.store.delete(job_ids)
+        self._remove_logs(deleted)
+        await self._wake()
+        return deleted
+
+    async def purge(self, state: JobState, *, older_than_s: float | None = None) -> list[str]:
+        if state not in TERMINAL_STATES:
+            raise ValidationError(f"purge takes --state completed or dead; got {state}")
+        before = None if older_than_s is None else time.time() - older_than_s
+        purged = await self.store.purge(state, finished_before=before)
+        self._remove_logs(purged)
+        return purged
+
+    def _remove_logs(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            shutil.rmtree(self.home / paths.LOGS_DIR / job_id, ignore_errors=True)
+
+    # ---- config ----------------------------------------------------------------------------------------------
+
+    async def config_list(self) -> dict[str, tuple[str, bool]]:
+        """Every key: (value in force, whether it is stored rather than the default)."""
+        stored = await self.store.config_items()
+        return {
+            name: (stored.get(name, key.default), name in stored) for name, key in config.KEYS.items()
+        }
+
+    async def config_get(self, name: str) -> str:
+        key = config.canonical_key(name)
+        return (await self.store.config_items()).get(key.name, key.default)
+
+    async def config_set(self, name: str, value: str) -> tuple[str, str]:
+        key, raw = config.validate(name, value)
+        await self.store.config_set(key.name, raw)
+        await self._wake()
+        return key.name, raw
+
+    async def config_unset(self, name: str) -> str:
+        key = config.canonical_key(name)
+        await self.store.config_unset(key.name)
+        await self._wake()
+        return key.name
+
+    # ---- engines ---------------------------------------------------------------------------------------------
+
+    async def stop_engines(self, *, wait: bool = False, timeout_s: float = 60.0) -> list[EngineInfo]:
+        """Ask every engine to stop gracefully: SIGTERM to those on this host, a flag in the store for all
+        (seen at their next heartbeat). With wait, return once they are gone (or the timeout passes)."""
+        engines = await self.store.engines()
+        if not engines:
+            return []
+        await self.store.request_stop([e.id for e in engines])
+        host = socket.gethostname()
+        for engine in engines:
+            if engine.host == host:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(engine.pid, signal.SIGTERM)
+        if wait:
+            deadline = time.monotonic() + timeout_s
+            ids = {e.id for e in engines}
+            while time.monotonic() < deadline:
+                alive = [e for e in await self.store.engines() if e.id in ids]
+                alive = [e for e in alive if e.host != host or pid_alive(e.pid)]
+                if not alive:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise ConflictError(f"engines still running after {timeout_s:g}s")
+        return engines
+

@@ -1,0 +1,345 @@
+"""The command line: parse -> call the library API -> render. Errors leave through `main()` as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from queuectl import api, config, jobspec, output
+from queuectl.errors import QueueCtlError, ValidationError
+from queuectl.models import JobState
+from queuectl.paths import default_home
+from queuectl.timefmt import parse_duration_s
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="queuectl",
+    help="A durable job queue for shell commands. Start an engine with `queuectl run`, enqueue from any shell.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+worker_app = typer.Typer(help="Start or stop engines (the assignment's names for `run`).", no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter queue: jobs whose retries are spent.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings stored in the database; a running engine sees changes.",
+                         no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(config_app, name="config")
+
+
+class Ctx:
+    def __init__(self, home: Path, database_url: str | None) -> None:
+        self.home = home
+        self.database_url = database_url
+
+    def queue(self) -> api.Queue:
+        return api.Queue(self.home, self.database_url)
+
+
+_ctx: Ctx | None = None
+
+
+@app.callback()
+def _global(
+    home: Annotated[Path | None, typer.Option(
+        "--home", envvar="QUEUECTL_HOME", help="Data directory (default: $XDG_DATA_HOME/queuectl).")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", envvar="QUEUECTL_DATABASE_URL", help="Use this database instead of the home's SQLite file.",
+    )] = None,
+) -> None:
+    global _ctx
+    _ctx = Ctx(home.expanduser() if home else default_home(), database_url)
+
+
+def ctx() -> Ctx:
+    assert _ctx is not None
+    return _ctx
+
+
+def call(fn: Callable[[api.Queue], Awaitable[T]]) -> T:
+    """Open the queue, run one API call, close. Library errors become one line and an exit code in main()."""
+
+    async def go() -> T:
+        async with ctx().queue() as q:
+            return await fn(q)
+
+    return asyncio.run(go())
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _state(value: str | None) -> JobState | None:
+    return None if value is None else api.parse_state(value)
+
+
+# ---- enqueue ------------------------------------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def enqueue(
+    args: Annotated[list[str] | None, typer.Argument(
+        help="A job as JSON ('{\"id\":\"job1\",\"command\":\"sleep 2\"}'), or the command after `--`.")] = None,
+    job_id: Annotated[str | None, typer.Option("--id", help="Job id (default: generated).")] = None,
+    priority: Annotated[str | None, typer.Option(help="Integer, higher runs first (default 0).")] = None,
+    delay: Annotated[str | None, typer.Option(help="Run after this long: 30, 30s, 5m, 2h.")] = None,
+    run_at: Annotated[str | None, typer.Option("--run-at", help="Run at this ISO-8601 time.")] = None,
+    timeout: Annotated[str | None, typer.Option(help="Per-attempt timeout: 30s, 5m (default: config).")] = None,
+    max_retries: Annotated[str | None, typer.Option("--max-retries", help="Retries after the first attempt.")]
+    = None,
+    file: Annotated[str | None, typer.Option("--file", "-f", help="JSON Lines file of jobs ('-' = stdin).")]
+    = None,
+    replace: Annotated[bool, typer.Option(help="Overwrite an existing job with the same id (not if running).")]
+    = False,
+) -> None:
+    """Add jobs. Prints each job's id."""
+    given = {"id": job_id, "priority": priority, "delay": delay, "run_at": run_at, "timeout": timeout,
+             "max_retries": max_retries}
+    flags = {k: v for k, v in given.items() if v is not None}
+    if file is not None:
+        if args:
+            raise ValidationError("give jobs either with --file or as an argument, not both")
+        jobs = jobspec.from_json_lines(_read_lines(file))
+        if flags:
+            jobs = [jobspec.from_mapping({**_as_mapping(j), **flags}) for j in jobs]
+    else:
+        jobs = [jobspec.from_mapping(jobspec.mapping_from_args(args or [], flags))]
+    ids = call(lambda q: q.enqueue(jobs, replace=replace))
+    sys.stdout.write("".join(f"{i}\n" for i in ids))
+
+
+def _read_lines(file: str) -> list[str]:
+    if file == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        with open(file, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _as_mapping(job: Any) -> dict[str, Any]:
+    return {"id": job.id, "command": job.command, "priority": job.priority, "max_retries": job.max_retries,
+            "run_at": job.run_at, "timeout": job.timeout_s, "cwd": job.cwd}
+
+
+# ---- the engine ---------------------------------------------------------------------------------------------
+
+
+def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: str) -> None:
+    from queuectl.engine import Engine, EngineOptions
+    from queuectl.events import EventLog
+
+    if workers < 1:
+        raise ValidationError(f"--workers must be at least 1; got {workers}")
+    if log_format not in {"text", "json"}:
+        raise ValidationError(f"--log-format must be text or json; got {log_format!r}")
+    grace_s = None if grace is None else parse_duration_s(grace, "--grace")
+    options = EngineOptions(home=ctx().home, workers=workers, until_idle=until_idle, grace_s=grace_s)
+    log = EventLog(log_format)
+    summary = call(lambda q: Engine(q.store, options, log).run())
+    log.emit("summary", summary.line(), completed=summary.completed, dead=summary.dead)
+
+
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="Jobs run at once.")]
+UntilIdleOpt = Annotated[bool, typer.Option(
+    "--until-idle", help="Exit once nothing runs, nothing is due and no retry is pending.")]
+GraceOpt = Annotated[str | None, typer.Option(
+    help="On stop, wait at most this long for running jobs, then terminate them (default: wait).")]
+LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json (one object per line).")]
+
+
+@app.command()
+def run(workers: WorkersOpt = 1, until_idle: UntilIdleOpt = False, grace: GraceOpt = None,
+        log_format: LogFormatOpt = "text") -> None:
+    """Run the engine in the foreground. Ctrl-C or SIGTERM stops it gracefully; a second Ctrl-C stops now."""
+    _run_engine(workers, until_idle, grace, log_format)
+
+
+@worker_app.command("start")
+def worker_start(count: Annotated[int, typer.Option("--count", "-c", help="Jobs run at once.")] = 1,
+                 until_idle: UntilIdleOpt = False, grace: GraceOpt = None, log_format: LogFormatOpt = "text") -> None:
+    """Same as `queuectl run --workers COUNT`."""
+    _run_engine(count, until_idle, grace, log_format)
+
+
+@worker_app.command("stop")
+def worker_stop(
+    wait: Annotated[bool, typer.Option(help="Wait until the engines have exited.")] = False,
+    timeout: Annotated[str, typer.Option(help="With --wait, give up after this long.")] = "60s",
+) -> None:
+    """Ask every running engine to stop gracefully (running jobs finish first)."""
+    timeout_s = parse_duration_s(timeout, "--timeout")
+    engines = call(lambda q: q.stop_engines(wait=wait, timeout_s=timeout_s))
+    if not engines:
+        print("no engine is running")
+        return
+    verb = "stopped" if wait else "asked to stop"
+    for e in engines:
+        print(f"{e.id} (pid {e.pid} on {e.host}) {verb}")
+
+
+# ---- looking ------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Jobs per state, and the engines running with what each is doing."""
+    s = call(lambda q: q.status())
+    output.print_json(output.status_dict(s)) if as_json else output.status_text(s)
+
+
+LimitOpt = Annotated[int, typer.Option(help="At most this many jobs.")]
+
+
+@app.command("list")
+def list_(
+    state: Annotated[str | None, typer.Option(help="pending, processing, completed, failed or dead.")] = None,
+    limit: LimitOpt = 50,
+    offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,
+    oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Oldest enqueued first.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Jobs, newest first."""
+    wanted = _state(state)
+    jobs = call(lambda q: q.list_jobs(state=wanted, limit=limit, offset=offset, oldest_first=oldest_first))
+    output.print_json([output.job_dict(j) for j in jobs]) if as_json else output.jobs_table(jobs)
+
+
+@app.command()
+def inspect(job_id: Annotated[str, typer.Argument(help="Job id.")], as_json: JsonOpt = False) -> None:
+    """Every field of a job, its attempts, and the tail of its output."""
+    detail = call(lambda q: q.inspect(job_id))
+    output.print_json(output.detail_dict(detail)) if as_json else output.detail_text(detail)
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    attempt: Annotated[int | None, typer.Option(help="Attempt number (default: the latest).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the attempt runs.")] = False,
+) -> None:
+    """Print the output (stdout and stderr) of a job's attempt."""
+    from queuectl.follow import print_log
+
+    call(lambda q: print_log(q, job_id, attempt, follow))
+
+
+# ---- changing -----------------------------------------------------------------------------------------------
+
+
+@dlq_app.command("list")
+def dlq_list(limit: LimitOpt = 50, as_json: JsonOpt = False) -> None:
+    """Dead jobs, newest first."""
+    jobs = call(lambda q: q.list_jobs(state=JobState.DEAD, limit=limit))
+    output.print_json([output.job_dict(j) for j in jobs]) if as_json else output.jobs_table(jobs)
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Dead job ids.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
+) -> None:
+    """Send dead jobs back to pending with their attempts reset (their history is kept)."""
+    if bool(job_ids) == all_:
+        raise ValidationError("give job ids or --all")
+    ids = call(lambda q: q.retry_dead(None if all_ else job_ids))
+    print(f"{len(ids)} job(s) back in the queue" + (f": {', '.join(ids[:20])}" if ids else ""))
+
+
+OlderOpt = Annotated[str | None, typer.Option("--older-than", help="Only jobs finished longer ago: 7d, 12h.")]
+
+
+@dlq_app.command("purge")
+def dlq_purge(older_than: OlderOpt = None) -> None:
+    """Delete dead jobs."""
+    _purge(JobState.DEAD, older_than)
+
+
+@app.command()
+def delete(job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]) -> None:
+    """Delete jobs, their history and their logs (not while running)."""
+    ids = call(lambda q: q.delete(job_ids))
+    print(f"deleted {len(ids)} job(s)")
+
+
+@app.command()
+def purge(
+    state: Annotated[str, typer.Option(help="completed or dead.")],
+    older_than: OlderOpt = None,
+) -> None:
+    """Delete finished jobs: all of a state, or those finished longer ago than --older-than."""
+    _purge(api.parse_state(state), older_than)
+
+
+def _purge(state: JobState, older_than: str | None) -> None:
+    older_s = None if older_than is None else parse_duration_s(older_than, "--older-than")
+    ids = call(lambda q: q.purge(state, older_than_s=older_s))
+    print(f"purged {len(ids)} {state.value} job(s)")
+
+
+@config_app.command("list")
+def config_list(as_json: JsonOpt = False) -> None:
+    """Every key with the value in force."""
+    items = call(lambda q: q.config_list())
+    if as_json:
+        output.print_json({k: {"value": v, "set": s} for k, (v, s) in items.items()})
+    else:
+        output.config_text(items, {k: key.help for k, key in config.KEYS.items()})
+
+
+@config_app.command("get")
+def config_get(key: Annotated[str, typer.Argument(help="e.g. max-retries")]) -> None:
+    """Print one value."""
+    print(call(lambda q: q.config_get(key)))
+
+
+@config_app.command("set")
+def config_set(key: Annotated[str, typer.Argument(help="e.g. max-retries")],
+               value: Annotated[str, typer.Argument(help="e.g. 5")]) -> None:
+    """Store a value; running engines use it from their next decision."""
+    name, raw = call(lambda q: q.config_set(key, value))
+    print(f"{name} = {raw}")
+
+
+@config_app.command("unset")
+def config_unset(key: Annotated[str, typer.Argument(help="e.g. max-retries")]) -> None:
+    """Back to the default."""
+    name = call(lambda q: q.config_unset(key))
+    print(f"{name} = {config.KEYS[name].default} (default)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every error ends as one line on stderr and an exit code (2 usage, 1 operation failed)."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="queuectl", standalone_mode=False)
+    except QueueCtlError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:
+        message = getattr(exc, "format_message", None)
+        if message is None:  # not a usage error: a bug. Still one line, and say where to look.
+            return _fail(f"internal error: {exc!r}", 1)
+        hint = ""
+        usage_ctx = getattr(exc, "ctx", None)
+        if usage_ctx is not None:
+            hint = f" (see '{usage_ctx.command_path} --help')"
+        code = getattr(exc, "exit_code", 2)
+        return _fail(f"{message()}{hint}" if message() else "aborted", code if code else 1)
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"queuectl: error: {' '.join(message.split())}\n")
+    return code

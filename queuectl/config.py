@@ -1,0 +1,136 @@
+"""Settings: defaults < stored config (database) < QUEUECTL_* environment. Validated in one place.
+
+Stored config lives in the database so that `config set` in one shell reaches a running engine at its
+next decision without a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from queuectl.errors import NotFoundError, ValidationError
+from queuectl.timefmt import human_duration, parse_duration_s
+
+
+def _non_negative_int(raw: str, key: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{key} must be a whole number >= 0; got {raw!r}") from None
+    if value < 0:
+        raise ValidationError(f"{key} must be a whole number >= 0; got {raw!r}")
+    return value
+
+
+def _backoff_base(raw: str, key: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"{key} must be a number >= 1; got {raw!r}") from None
+    if not math.isfinite(value) or value < 1 or value > 1000:
+        raise ValidationError(f"{key} must be a number from 1 to 1000; got {raw!r}")
+    return value
+
+
+def _duration(raw: str, key: str) -> float:
+    return parse_duration_s(raw, key)
+
+
+def _optional_duration(raw: str, key: str) -> float | None:
+    if raw.strip().lower() in {"none", "off", "0", ""}:
+        return None
+    value = parse_duration_s(raw, key)
+    if value <= 0:
+        raise ValidationError(f"{key} must be > 0, or none; got {raw!r}")
+    return value
+
+
+def _fraction(raw: str, key: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"{key} must be a number from 0 to 1; got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ValidationError(f"{key} must be a number from 0 to 1; got {raw!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    field: str
+    default: str
+    parse: Callable[[str, str], Any]
+    help: str
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in (
+        Key("max-retries", "max_retries", "3", _non_negative_int,
+            "retries after the first attempt before a job goes to the dead-letter queue"),
+        Key("backoff-base", "backoff_base", "2", _backoff_base,
+            "retry k waits backoff-base ^ k seconds"),
+        Key("backoff-max", "backoff_max_s", "1h", _duration, "cap on one retry delay"),
+        Key("retry-jitter", "retry_jitter", "0", _fraction,
+            "random extra delay, as a fraction of the delay (0 = off)"),
+        Key("job-timeout", "job_timeout_s", "none", _optional_duration,
+            "default per-attempt timeout for jobs without their own (none = no limit)"),
+        Key("kill-grace", "kill_grace_s", "5s", _duration,
+            "time between SIGTERM and SIGKILL when a job is timed out or stopped"),
+        Key("log-max-bytes", "log_max_bytes", "0", _non_negative_int,
+            "largest log file per attempt in bytes (0 = unlimited)"),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    max_retries: int = 3
+    backoff_base: float = 2.0
+    backoff_max_s: float = 3600.0
+    retry_jitter: float = 0.0
+    job_timeout_s: float | None = None
+    kill_grace_s: float = 5.0
+    log_max_bytes: int = 0
+
+
+def canonical_key(name: str) -> Key:
+    """Accept max-retries, max_retries, MAX_RETRIES."""
+    key = KEYS.get(name.strip().lower().replace("_", "-"))
+    if key is None:
+        raise NotFoundError(f"unknown config key {name!r}; known keys: {', '.join(KEYS)}")
+    return key
+
+
+def validate(name: str, raw: str) -> tuple[Key, str]:
+    """The canonical key and the value as it will be stored; raises ValidationError for a bad value."""
+    key = canonical_key(name)
+    key.parse(raw, key.name)
+    return key, raw.strip()
+
+
+def env_name(key: Key) -> str:
+    return "QUEUECTL_" + key.field.upper().removesuffix("_S")
+
+
+def resolve(stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, overridden by stored values, overridden by QUEUECTL_* environment variables."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for key in KEYS.values():
+        raw = environ.get(env_name(key), stored.get(key.name, key.default))
+        values[key.field] = key.parse(raw, key.name)
+    return Settings(**values)
+
+
+def show(key: Key, raw: str) -> str:
+    """A stored value as a human reads it (durations in short form)."""
+    value = key.parse(raw, key.name)
+    if key.parse in (_duration, _optional_duration):
+        return "none" if value is None else human_duration(value)
+    return raw

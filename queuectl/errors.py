@@ -1,0 +1,32 @@
+"""One exception tree; each class carries the exit code the CLI returns for it."""
+
+from __future__ import annotations
+
+
+class QueueCtlError(Exception):
+    """Base of every error queuectl reports to a user. The message is one line."""
+
+    #: Process exit code when this error ends a CLI command.
+    exit_code = 1
+
+
+class ValidationError(QueueCtlError):
+    """The input was malformed or out of range (bad JSON, unknown field, negative timeout...)."""
+
+    exit_code = 2
+
+
+class NotFoundError(QueueCtlError):
+    """A job, engine or key that does not exist."""
+
+
+class ConflictError(QueueCtlError):
+    """The operation clashes with the current state (duplicate id, deleting a running job...)."""
+
+
+class StoreError(QueueCtlError):
+    """The database cannot be opened, read or written (not a database, newer schema, disk full...)."""
+
+
+class HomeError(QueueCtlError):
+    """The data directory cannot be created or used."""

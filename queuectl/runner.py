@@ -1,0 +1,156 @@
+"""Run one shell command: its own session and process group, output straight into a log file, a timeout that
+terminates the whole group (SIGTERM, a grace period, SIGKILL). Knows nothing of the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from queuectl.aio import finish_even_if_cancelled
+from queuectl.models import Outcome
+
+#: Bytes of the end of the log kept with the attempt in the store.
+TAIL_BYTES = 4096
+#: How often a capped log is checked.
+_LOG_CHECK_S = 0.5
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    if code == 127:
+        return "exit code 127 (command not found)"
+    if code == 126:
+        return "exit code 126 (command cannot be executed)"
+    return f"exit code {code}"
+
+
+def read_tail(path: Path, nbytes: int = TAIL_BYTES) -> str:
+    """The last bytes of a file, decoded leniently (job output may be any bytes)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - nbytes))
+            data = f.read(nbytes)
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
+
+def kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def terminate_group(proc: asyncio.subprocess.Process, kill_grace_s: float) -> None:
+    """SIGTERM to the whole group, wait up to kill_grace_s for the leader, then SIGKILL the group: a child
+    that ignores SIGTERM, or one the leader left behind, does not survive either way. Completes even if the
+    caller is cancelled, so that a stop never leaves the group running or the leader unreaped."""
+    await finish_even_if_cancelled(_terminate(proc, kill_grace_s))
+
+
+async def _terminate(proc: asyncio.subprocess.Process, kill_grace_s: float) -> None:
+    kill_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), kill_grace_s)
+    kill_group(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+async def _cap_log(path: Path, max_bytes: int) -> None:
+    """Keep a growing log near max_bytes: its head and its newest tail, with a marker between.
+    The child appends (O_APPEND), so cutting the file under it is safe; bytes written during a cut may be lost."""
+    half = max_bytes // 2
+    cut_total = 0
+    while True:
+        await asyncio.sleep(_LOG_CHECK_S)
+        try:
+            size = path.stat().st_size  # noqa: ASYNC240 - one stat every half second
+            if size <= max_bytes:
+                continue
+            with path.open("r+b") as f:
+                f.seek(size - half)
+                tail = f.read(half)
+                cut_total += size - half - half
+                f.truncate(half)
+                f.seek(half)
+                f.write(f"\n[queuectl: {cut_total} bytes cut to keep this log under {max_bytes} bytes]\n".encode())
+                f.write(tail)
+        except OSError:
+            return
+
+
+async def run_command(
+    command: str,
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout_s: float | None,
+    kill_grace_s: float,
+    log_max_bytes: int = 0,
+) -> Outcome:
+    """Run to the end (or the timeout) and describe what happened. Never raises for the command's faults;
+    on cancellation the process group is terminated before CancelledError propagates."""
+    started_at = time.time()
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        proc = await asyncio.create_subprocess_shell(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,  # the job leads its own process group: a timeout kills its whole tree
+        )
+    except OSError as exc:
+        reason = f"cannot start: {exc.strerror or exc}"
+        if isinstance(exc, FileNotFoundError | NotADirectoryError) and not os.path.isdir(cwd):  # noqa: ASYNC240 - only on a failed start
+            reason = f"cannot start: working directory {cwd} does not exist"
+        os.write(log_fd, f"queuectl: {reason}\n".encode())
+        return Outcome(exit_code=None, error=reason, output_tail=reason, log_path=str(log_path),
+                       started_at=started_at, finished_at=time.time())
+    finally:
+        os.close(log_fd)
+
+    capper = asyncio.create_task(_cap_log(log_path, log_max_bytes), name="log-cap") if log_max_bytes else None
+    timed_out = False
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        timed_out = True
+        await terminate_group(proc, kill_grace_s)
+    except asyncio.CancelledError:
+        await terminate_group(proc, kill_grace_s)
+        raise
+    finally:
+        if capper is not None:
+            capper.cancel()
+    code = proc.returncode
+    assert code is not None
+    if timed_out:
+        error: str | None = f"timed out after {timeout_s:g}s"
+    else:
+        error = None if code == 0 else describe_exit(code)
+    return Outcome(
+        exit_code=code,
+        timed_out=timed_out,
+        error=error,
+        output_tail=read_tail(log_path),
+        log_path=str(log_path),
+        started_at=started_at,
+        finished_at=time.time(),
+    )

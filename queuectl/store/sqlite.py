@@ -1,0 +1,157 @@
+"""The SQLite store: sqlite_ops' functions run in aiosqlite's connection thread."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from queuectl.errors import StoreError
+from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, NewJob, Outcome
+from queuectl.store import sqlite_ops as ops
+from queuectl.store import sqlite_schema
+from queuectl.store.base import Store
+
+T = TypeVar("T")
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> StoreError:
+    """One readable line for the ways SQLite can fail under us."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StoreError(f"database {path} stayed locked by another process for "
+                          f"{sqlite_schema.BUSY_TIMEOUT_S:.0f} s; try again")
+    if "disk is full" in text or "database or disk is full" in text:
+        return StoreError(f"disk full: cannot write to {path}")
+    if "readonly" in text:
+        return StoreError(f"database {path} is read-only")
+    if "not a database" in text or "malformed" in text:
+        return StoreError(f"database {path} is damaged or not a queuectl database ({text})")
+    return StoreError(f"database error on {path}: {text}")
+
+
+class SQLiteStore(Store):
+    """The embedded default. WAL mode: readers never block the writer; writers queue on the busy timeout."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            conn = sqlite_schema.connect(self.path)
+            try:
+                sqlite_schema.migrate(conn, self.path)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            # aiosqlite.Connection takes any connector; ours sets the pragmas and migrates in its thread.
+            self._conn = await aiosqlite.Connection(connect, iter_chunk_size=64)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path) from None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._conn is None:
+            raise StoreError("store is not open")
+        # aiosqlite's own methods hop to its thread once per statement; a whole operation in one hop keeps a
+        # transaction of several statements as cheap as one. _execute is how every aiosqlite method does it.
+        conn = self._conn
+        try:
+            return await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call,no-any-return]
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path) from None
+
+    async def enqueue(self, jobs: Sequence[NewJob], *, now: float, replace: bool = False) -> list[str]:
+        return await self._run(ops.enqueue, jobs, now, replace)
+
+    async def claim_due(self, engine_id: str, *, now: float, limit: int) -> list[Claim]:
+        return await self._run(ops.claim, engine_id, now, limit)
+
+    async def complete(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
+        return await self._run(_finish, claim, engine_id, outcome, JobState.COMPLETED, None)
+
+    async def schedule_retry(self, claim: Claim, engine_id: str, outcome: Outcome, *, retry_at: float) -> bool:
+        return await self._run(_finish, claim, engine_id, outcome, JobState.FAILED, retry_at)
+
+    async def bury(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
+        return await self._run(_finish, claim, engine_id, outcome, JobState.DEAD, None)
+
+    async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
+        return await self._run(ops.release, claim, engine_id, now, reason)
+
+    async def retry_dead(self, job_ids: Sequence[str] | None, *, now: float) -> list[str]:
+        return await self._run(ops.retry_dead, job_ids, now)
+
+    async def delete(self, job_ids: Sequence[str]) -> list[str]:
+        return await self._run(ops.delete, job_ids)
+
+    async def purge(self, state: JobState, *, finished_before: float | None) -> list[str]:
+        return await self._run(ops.purge, state, finished_before)
+
+    async def get(self, job_id: str) -> Job:
+        return await self._run(ops.get, job_id)
+
+    async def list_jobs(
+        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
+    ) -> list[Job]:
+        return await self._run(ops.list_jobs, state, limit, offset, oldest_first)
+
+    async def attempts(self, job_id: str) -> list[Attempt]:
+        return await self._run(ops.attempts, job_id)
+
+    async def counts(self, *, now: float) -> Counts:
+        return await self._run(ops.counts, now)
+
+    async def next_due(self, *, limit: int) -> list[tuple[float, str]]:
+        return await self._run(ops.next_due, limit)
+
+    async def change_token(self) -> int:
+        return await self._run(ops.change_token)
+
+    async def config_items(self) -> dict[str, str]:
+        return await self._run(ops.config_items)
+
+    async def config_set(self, key: str, value: str) -> None:
+        await self._run(ops.config_set, key, value)
+
+    async def config_unset(self, key: str) -> bool:
+        return await self._run(ops.config_unset, key)
+
+    async def register_engine(self, engine: EngineInfo) -> None:
+        await self._run(ops.register_engine, engine)
+
+    async def heartbeat(self, engine_id: str, *, now: float) -> bool | None:
+        return await self._run(ops.heartbeat, engine_id, now)
+
+    async def deregister_engine(self, engine_id: str) -> None:
+        await self._run(ops.deregister_engine, engine_id)
+
+    async def engines(self) -> list[EngineInfo]:
+        return await self._run(ops.engines)
+
+    async def request_stop(self, engine_ids: Collection[str]) -> None:
+        await self._run(ops.request_stop, engine_ids)
+
+    async def running(self) -> list[Job]:
+        return await self._run(ops.running)
+
+    async def recover(self, *, now: float, stale_before: float, dead_engine_ids: Collection[str]) -> list[str]:
+        return await self._run(ops.recover, now, stale_before, dead_engine_ids)
+
+
+def _finish(
+    conn: sqlite3.Connection, claim: Claim, engine_id: str, outcome: Outcome, state: JobState,
+    run_at: float | None,
+) -> bool:
+    return ops.finish(conn, claim, engine_id, outcome, state=state, run_at=run_at)

@@ -1,0 +1,311 @@
+"""Every SQLite operation as a plain function over a sqlite3 connection: one function, one transaction.
+
+SQLiteStore runs these in aiosqlite's thread (one hop per operation, however many statements); the CLI's
+enqueue fast path calls `enqueue` directly without loading asyncio.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+from queuectl.errors import ConflictError, NotFoundError
+from queuectl.models import Attempt, AttemptStatus, Claim, Counts, EngineInfo, Job, JobState, NewJob, Outcome
+
+T = TypeVar("T")
+#: Ids per IN (...) list, well under SQLite's variable limit.
+CHUNK = 500
+_RUNNABLE = "state IN ('pending', 'failed')"
+
+
+@contextmanager
+def write_tx(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE takes the write lock up front, through the busy handler: no upgrade deadlocks."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _states_of(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for part in _chunks(ids):
+        rows = conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({_marks(len(part))})", part)
+        found.update({r["id"]: r["state"] for r in rows})
+    return found
+
+
+_INSERT = """INSERT INTO jobs(id, command, state, max_retries, priority, run_at, timeout_s, cwd, created_at,
+             updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"""
+
+
+def enqueue(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float, replace: bool) -> list[str]:
+    ids = [j.id for j in jobs]
+    rows = [(j.id, j.command, j.max_retries, j.priority, j.run_at, j.timeout_s, j.cwd, now, now) for j in jobs]
+    with write_tx(conn):
+        if replace:
+            existing = _states_of(conn, ids)
+            busy = [i for i in ids if existing.get(i) == JobState.PROCESSING]
+            if busy:
+                raise ConflictError(f"job {busy[0]!r} is running and cannot be replaced")
+            for part in _chunks(list(existing)):
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(len(part))})", part)
+        try:
+            conn.executemany(_INSERT, rows)
+        except sqlite3.IntegrityError:
+            taken = next(iter(_states_of(conn, ids)), "?")
+            raise ConflictError(f"job {taken!r} already exists (use --replace to overwrite it)") from None
+    return ids
+
+
+def claim(conn: sqlite3.Connection, engine_id: str, now: float, limit: int) -> list[Claim]:
+    with write_tx(conn):
+        rows = conn.execute(
+            f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
+                       runs = runs + 1
+                WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_claim
+                              WHERE {_RUNNABLE} AND run_at <= ?
+                              ORDER BY priority DESC, run_at, seq LIMIT ?)
+                RETURNING *""",
+            (engine_id, now, now, now, limit),
+        ).fetchall()
+    claims = [Claim(job=Job.from_row(r), attempt=r["runs"]) for r in rows]
+    claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.seq))
+    return claims
+
+
+def finish(
+    conn: sqlite3.Connection,
+    claim: Claim,
+    engine_id: str,
+    outcome: Outcome,
+    *,
+    state: JobState,
+    run_at: float | None,
+) -> bool:
+    """Close an attempt and move the job to `state` (completed, failed with run_at, or dead)."""
+    counted = 1
+    finished_at = outcome.finished_at if state in (JobState.COMPLETED, JobState.DEAD) else None
+    with write_tx(conn):
+        cur = conn.execute(
+            """UPDATE jobs SET state = ?, attempts = attempts + ?, run_at = COALESCE(?, run_at),
+                   finished_at = ?, updated_at = ?, exit_code = ?, last_error = ?, engine_id = NULL
+               WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ?""",
+            (state, counted, run_at, finished_at, outcome.finished_at, outcome.exit_code, outcome.error,
+             claim.job.seq, engine_id, claim.attempt),
+        )
+        if cur.rowcount == 0:
+            return False
+        status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
+            AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
+        _insert_attempt(conn, claim, engine_id, status, outcome.started_at, outcome.finished_at,
+                        outcome.exit_code, outcome.timed_out, outcome.error, outcome.output_tail, outcome.log_path)
+    return True
+
+
+def _insert_attempt(
+    conn: sqlite3.Connection, claim: Claim, engine_id: str | None, status: AttemptStatus, started_at: float,
+    finished_at: float | None, exit_code: int | None, timed_out: bool, error: str | None, tail: str | None,
+    log_path: str | None,
+) -> None:
+    conn.execute(
+        """INSERT OR REPLACE INTO attempts(job_id, number, status, engine_id, started_at, finished_at, exit_code,
+               timed_out, error, output_tail, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (claim.job.id, claim.attempt, status, engine_id, started_at, finished_at, exit_code, int(timed_out),
+         error, tail, log_path),
+    )
+
+
+def release(conn: sqlite3.Connection, claim: Claim, engine_id: str, now: float, reason: str) -> bool:
+    with write_tx(conn):
+        cur = conn.execute(
+            """UPDATE jobs SET state = 'pending', run_at = ?, updated_at = ?, engine_id = NULL
+               WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ?""",
+            (now, now, claim.job.seq, engine_id, claim.attempt),
+        )
+        if cur.rowcount == 0:
+            return False
+        started = claim.job.started_at if claim.job.started_at is not None else now
+        _insert_attempt(conn, claim, engine_id, AttemptStatus.INTERRUPTED, started, now, None, False, reason,
+                        None, None)
+    return True
+
+
+def _check_ids(conn: sqlite3.Connection, ids: Sequence[str], allowed: Callable[[str], bool], verb: str) -> None:
+    states = _states_of(conn, ids)
+    for job_id in ids:
+        if job_id not in states:
+            raise NotFoundError(f"no job {job_id!r}")
+        if not allowed(states[job_id]):
+            raise ConflictError(f"job {job_id!r} is {states[job_id]} and cannot be {verb}")
+
+
+def retry_dead(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float) -> list[str]:
+    sets = "state = 'pending', attempts = 0, run_at = ?, updated_at = ?, finished_at = NULL"
+    with write_tx(conn):
+        if ids is None:
+            rows = conn.execute(f"UPDATE jobs SET {sets} WHERE state = 'dead' RETURNING id", (now, now))
+            return [r["id"] for r in rows.fetchall()]
+        _check_ids(conn, ids, lambda s: s == JobState.DEAD, "retried from the dead-letter queue")
+        for part in _chunks(ids):
+            conn.execute(f"UPDATE jobs SET {sets} WHERE id IN ({_marks(len(part))})", (now, now, *part))
+    return list(ids)
+
+
+def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
+    with write_tx(conn):
+        _check_ids(conn, ids, lambda s: s != JobState.PROCESSING, "deleted while it runs")
+        for part in _chunks(ids):
+            conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(len(part))})", part)
+    return list(ids)
+
+
+def purge(conn: sqlite3.Connection, state: JobState, finished_before: float | None) -> list[str]:
+    with write_tx(conn):
+        if finished_before is None:
+            rows = conn.execute("DELETE FROM jobs WHERE state = ? RETURNING id", (state,))
+        else:
+            rows = conn.execute(
+                "DELETE FROM jobs WHERE state = ? AND COALESCE(finished_at, updated_at) < ? RETURNING id",
+                (state, finished_before),
+            )
+        return [r["id"] for r in rows.fetchall()]
+
+
+def get(conn: sqlite3.Connection, job_id: str) -> Job:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no job {job_id!r}")
+    return Job.from_row(row)
+
+
+def list_jobs(
+    conn: sqlite3.Connection, state: JobState | None, limit: int, offset: int, oldest_first: bool
+) -> list[Job]:
+    order = "ASC" if oldest_first else "DESC"
+    if state is None:
+        rows = conn.execute(f"SELECT * FROM jobs ORDER BY seq {order} LIMIT ? OFFSET ?", (limit, offset))
+    else:
+        rows = conn.execute(
+            f"SELECT * FROM jobs WHERE state = ? ORDER BY seq {order} LIMIT ? OFFSET ?", (state, limit, offset)
+        )
+    return [Job.from_row(r) for r in rows]
+
+
+def attempts(conn: sqlite3.Connection, job_id: str) -> list[Attempt]:
+    rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))
+    return [Attempt.from_row(r) for r in rows]
+
+
+def counts(conn: sqlite3.Connection, now: float) -> Counts:
+    by_state = {JobState(r["state"]): int(r["n"]) for r in conn.execute("SELECT state, n FROM state_counts")}
+    row = conn.execute(
+        f"SELECT run_at FROM jobs INDEXED BY jobs_due WHERE {_RUNNABLE} ORDER BY run_at LIMIT 1"
+    ).fetchone()
+    age = now - row["run_at"] if row is not None and row["run_at"] <= now else None
+    return Counts(by_state=by_state, oldest_pending_age_s=age)
+
+
+def next_due(conn: sqlite3.Connection, limit: int) -> list[tuple[float, str]]:
+    rows = conn.execute(
+        f"SELECT run_at, id FROM jobs INDEXED BY jobs_due WHERE {_RUNNABLE} ORDER BY run_at, seq LIMIT ?",
+        (limit,),
+    )
+    return [(float(r["run_at"]), str(r["id"])) for r in rows]
+
+
+def change_token(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def config_items(conn: sqlite3.Connection) -> dict[str, str]:
+    return {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM config")}
+
+
+def config_set(conn: sqlite3.Connection, key: str, value: str) -> None:
+    with write_tx(conn):
+        conn.execute("INSERT INTO config(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+                     (key, value, value))
+
+
+def config_unset(conn: sqlite3.Connection, key: str) -> bool:
+    with write_tx(conn):
+        return conn.execute("DELETE FROM config WHERE key = ?", (key,)).rowcount > 0
+
+
+def register_engine(conn: sqlite3.Connection, e: EngineInfo) -> None:
+    with write_tx(conn):
+        conn.execute(
+            """INSERT OR REPLACE INTO engines(id, host, pid, workers, started_at, heartbeat_at, stop_requested)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (e.id, e.host, e.pid, e.workers, e.started_at, e.heartbeat_at, int(e.stop_requested)),
+        )
+
+
+def heartbeat(conn: sqlite3.Connection, engine_id: str, now: float) -> bool | None:
+    with write_tx(conn):
+        row = conn.execute(
+            "UPDATE engines SET heartbeat_at = ? WHERE id = ? RETURNING stop_requested", (now, engine_id)
+        ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def deregister_engine(conn: sqlite3.Connection, engine_id: str) -> None:
+    with write_tx(conn):
+        conn.execute("DELETE FROM engines WHERE id = ?", (engine_id,))
+
+
+def engines(conn: sqlite3.Connection) -> list[EngineInfo]:
+    return [EngineInfo.from_row(r) for r in conn.execute("SELECT * FROM engines ORDER BY started_at")]
+
+
+def request_stop(conn: sqlite3.Connection, engine_ids: Collection[str]) -> None:
+    ids = list(engine_ids)
+    with write_tx(conn):
+        for part in _chunks(ids):
+            conn.execute(f"UPDATE engines SET stop_requested = 1 WHERE id IN ({_marks(len(part))})", part)
+
+
+def running(conn: sqlite3.Connection) -> list[Job]:
+    rows = conn.execute("SELECT * FROM jobs WHERE state = 'processing' ORDER BY started_at")
+    return [Job.from_row(r) for r in rows]
+
+
+def recover(conn: sqlite3.Connection, now: float, stale_before: float, dead_engine_ids: Collection[str]) -> list[str]:
+    dead = set(dead_engine_ids)
+    with write_tx(conn):
+        gone = [r["id"] for r in conn.execute("SELECT id, heartbeat_at FROM engines")
+                if r["id"] in dead or r["heartbeat_at"] < stale_before]
+        for part in _chunks(gone):
+            conn.execute(f"DELETE FROM engines WHERE id IN ({_marks(len(part))})", part)
+        orphans = conn.execute(
+            """SELECT * FROM jobs WHERE state = 'processing'
+               AND (engine_id IS NULL OR engine_id NOT IN (SELECT id FROM engines))"""
+        ).fetchall()
+        for row in orphans:
+            job = Job.from_row(row)
+            reason = f"interrupted: engine {job.engine_id} stopped (crashed or killed) during the attempt"
+            _insert_attempt(conn, Claim(job=job, attempt=row["runs"]), job.engine_id, AttemptStatus.INTERRUPTED,
+                            job.started_at if job.started_at is not None else now, now, None, False, reason,
+                            None, None)
+            conn.execute(
+                """UPDATE jobs SET state = 'pending', run_at = ?, updated_at = ?, engine_id = NULL
+                   WHERE seq = ?""",
+                (now, now, job.seq),
+            )
+    return [r["id"] for r in orphans]
+

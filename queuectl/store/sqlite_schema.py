@@ -1,0 +1,136 @@
+"""The SQLite schema as numbered migrations, and opening a connection the way every caller must.
+
+PRAGMA user_version holds the number of migrations applied. Never edit a released migration: add one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from queuectl.errors import StoreError
+
+#: Seconds a writer waits for the lock before "database is locked" (SQLite's busy handler retries meanwhile).
+BUSY_TIMEOUT_S = 30.0
+
+MIGRATIONS: list[list[str]] = [
+    # 1: jobs, attempts, per-state counters kept by triggers, config, engines.
+    [
+        """CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            command TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            runs INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER,
+            priority INTEGER NOT NULL DEFAULT 0,
+            run_at REAL NOT NULL,
+            timeout_s REAL,
+            cwd TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            exit_code INTEGER,
+            last_error TEXT,
+            engine_id TEXT
+        )""",
+        # Claiming walks this in order and stops at the first due row.
+        """CREATE INDEX jobs_claim ON jobs(priority DESC, run_at, seq)
+           WHERE state IN ('pending', 'failed')""",
+        # The scheduler's window: runnable jobs by due time.
+        "CREATE INDEX jobs_due ON jobs(run_at, seq) WHERE state IN ('pending', 'failed')",
+        "CREATE INDEX jobs_state ON jobs(state, seq)",
+        """CREATE TABLE attempts (
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            number INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            engine_id TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            exit_code INTEGER,
+            timed_out INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            output_tail TEXT,
+            log_path TEXT,
+            PRIMARY KEY (job_id, number)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+        """INSERT INTO state_counts(state, n) VALUES
+           ('pending', 0), ('processing', 0), ('completed', 0), ('failed', 0), ('dead', 0)""",
+        """CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+             UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+           END""",
+        """CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+             UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+           END""",
+        """CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs WHEN OLD.state <> NEW.state BEGIN
+             UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+             UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+           END""",
+        "CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE engines (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            workers INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            stop_requested INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating it 0600 if missing) in autocommit mode; every write transaction says BEGIN IMMEDIATE
+    so that the busy handler, not an instant SQLITE_BUSY, meets a concurrent writer."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        # NORMAL in WAL mode: a commit survives a crash of the process (kill -9); only an OS crash or power
+        # loss can roll back the last transactions. FULL would fsync every state change.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{path} is not a queuectl database ({exc})") from None
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the migrations this database lacks, in one transaction; refuse a newer schema."""
+    version = schema_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than this queuectl knows ({SCHEMA_VERSION}); "
+            "upgrade queuectl"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(conn)  # another process may have migrated while we waited for the lock
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"{path} is a SQLite database but not a queuectl one")
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,70 @@
+"""Cheap wake-ups from any shell to the engines: one datagram per engine on a Unix socket in the data directory.
+
+A lost datagram only costs latency: engines also poll the store's change token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+from queuectl.paths import WAKE_DIR
+
+
+def socket_path(home: Path, engine_id: str) -> Path:
+    return home / WAKE_DIR / f"{engine_id}.sock"
+
+
+def wake_engines(home: Path) -> int:
+    """Send one byte to every engine socket of this home. Returns how many were reached. Never raises."""
+    reached = 0
+    try:
+        names = os.listdir(home / WAKE_DIR)
+    except OSError:
+        return 0
+    if not names:
+        return 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for name in names:
+            if not name.endswith(".sock"):
+                continue
+            try:
+                sock.sendto(b"!", str(home / WAKE_DIR / name))
+                reached += 1
+            except BlockingIOError:
+                reached += 1  # its buffer is full of wake-ups already
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):  # nobody listens: an engine that died without cleaning up
+                    os.unlink(home / WAKE_DIR / name)
+            except OSError:
+                pass
+    return reached
+
+
+def bind(home: Path, engine_id: str) -> socket.socket:
+    """The engine's end: a non-blocking datagram socket, 0600."""
+    path = socket_path(home, engine_id)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    return sock
+
+
+def drain(sock: socket.socket) -> int:
+    """Read every pending datagram; returns how many."""
+    n = 0
+    while True:
+        try:
+            sock.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return n
+        n += 1
