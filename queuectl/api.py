@@ -17,7 +17,8 @@ from typing import Self
 
 from queuectl import config, jobspec, paths, wakeup
 from queuectl.errors import ConflictError, NotFoundError, ValidationError
-from queuectl.models import TERMINAL_STATES, Attempt, Counts, EngineInfo, Job, JobState, NewJob
+from queuectl.jobspec import NewJob
+from queuectl.models import TERMINAL_STATES, Attempt, Counts, EngineInfo, Job, JobState
 from queuectl.procs import pid_alive
 from queuectl.store import Store, open_store
 

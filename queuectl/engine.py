@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from queuectl import config, retry, wakeup
+from queuectl import config, orphans, retry, wakeup
 from queuectl.aio import finish_even_if_cancelled
 from queuectl.errors import StoreError
 from queuectl.events import EventLog
@@ -196,6 +196,7 @@ class Engine:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
             undo_watcher()
+            orphans.forget_engine(self.options.home, self.id)
         if self._fatal is not None:
             raise self._fatal
         return self.summary
@@ -302,7 +303,8 @@ class Engine:
             outcome = await run_command(
                 job.command, cwd=job.cwd, env=env, timeout_s=timeout_s,
                 log_path=attempt_log_path(self.options.home, job.id, claim.attempt),
-                kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes)
+                kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes,
+                on_spawn=lambda pgid: orphans.track(self.options.home, self.id, job.id, pgid))
         except asyncio.CancelledError:
             await finish_even_if_cancelled(self._release(claim))
             raise
@@ -310,6 +312,8 @@ class Engine:
             self.log.emit("internal_error", f"{job.id} internal error: {exc!r}", job=job.id, error=repr(exc))
             outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
                               finished_at=time.time())
+        finally:
+            orphans.untrack(self.options.home, self.id, job.id)
         await finish_even_if_cancelled(self._record(claim, outcome))
 
     async def _release(self, claim: Claim) -> None:
@@ -378,6 +382,11 @@ class Engine:
             self.request_stop()
 
     async def _recover(self) -> None:
+        for engine_id in orphans.dead_engines(self.options.home, self.host, self.id):
+            killed = orphans.kill_leftovers(self.options.home, engine_id)
+            if killed:
+                self.log.emit("orphans_killed", f"killed the still-running commands of {len(killed)} job(s) left "
+                              f"by dead engine {engine_id}: {', '.join(killed[:10])}", jobs=killed)
         now = time.time()
         engines = await self.store.engines()
         dead = [e.id for e in engines if e.host == self.host and e.id != self.id and not pid_alive(e.pid)]

@@ -2,7 +2,7 @@
 
 It only takes the plain happy path (an existing, current database; `enqueue JSON` or `enqueue [flags] -- CMD`)
 and returns None for anything else (help, --file, --replace, any error), which the full CLI then handles, with
-its own messages. It writes through the same sqlite_ops.enqueue the SQLite store uses.
+its own messages. It writes through the same sqlite_tx.enqueue the SQLite store uses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from queuectl import jobspec, paths, wakeup
 from queuectl.errors import QueueCtlError
-from queuectl.store import sqlite_ops, sqlite_schema
+from queuectl.store import sqlite_schema, sqlite_tx
 
 _FLAGS = {"--id": "id", "--priority": "priority", "--delay": "delay", "--run-at": "run_at",
           "--timeout": "timeout", "--max-retries": "max_retries"}
@@ -57,7 +57,7 @@ def try_enqueue(argv: list[str]) -> int | None:
     try:
         if sqlite_schema.schema_version(conn) != sqlite_schema.SCHEMA_VERSION:
             return None
-        sqlite_ops.enqueue(conn, [job], time.time(), False)
+        sqlite_tx.enqueue(conn, [job], time.time(), False)
     except (QueueCtlError, sqlite3.Error):
         return None
     finally:

@@ -8,15 +8,33 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shlex
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from queuectl.errors import ValidationError
-from queuectl.models import NewJob
 from queuectl.timefmt import parse_duration_s, parse_time
+
+
+class NewJob(NamedTuple):
+    """A validated job as given to enqueue, before the store assigns state and times.
+    (A NamedTuple, not a dataclass like models.Job: this module is on the enqueue fast path.)"""
+
+    #: Unique id, given by the user or generated.
+    id: str
+    #: Shell command text, run with /bin/sh -c.
+    command: str
+    #: When the job becomes due (Unix s).
+    run_at: float
+    #: Directory the command runs in (captured at enqueue).
+    cwd: str
+    #: Higher runs first.
+    priority: int = 0
+    #: Retries after the first attempt; None means "the configured default at decision time".
+    max_retries: int | None = None
+    #: Per-attempt limit in seconds; None means "the configured default job-timeout".
+    timeout_s: float | None = None
 
 #: File-name safe (the id names the job's log directory), readable, bounded.
 JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
@@ -32,7 +50,7 @@ _IGNORED = {"state", "attempts", "created_at", "updated_at"}
 
 def new_job_id() -> str:
     """12 hex characters: short to type, 48 random bits (a collision is ~1e-5 likely at a million jobs)."""
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()
 
 
 def check_job_id(value: object) -> str:

@@ -34,26 +34,6 @@ class AttemptStatus(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NewJob:
-    """A validated job as given to enqueue, before the store assigns state and times."""
-
-    #: Unique id, given by the user or generated.
-    id: str
-    #: Shell command text, run with /bin/sh -c.
-    command: str
-    #: Higher runs first.
-    priority: int = 0
-    #: When the job becomes due (Unix s).
-    run_at: float
-    #: Retries after the first attempt; None means "the configured default at decision time".
-    max_retries: int | None = None
-    #: Per-attempt limit in seconds; None means "the configured default job-timeout".
-    timeout_s: float | None = None
-    #: Directory the command runs in (captured at enqueue).
-    cwd: str
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Job:
     """A job as stored."""
 

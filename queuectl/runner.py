@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from queuectl.aio import finish_even_if_cancelled
@@ -100,6 +100,7 @@ async def run_command(
     timeout_s: float | None,
     kill_grace_s: float,
     log_max_bytes: int = 0,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run to the end (or the timeout) and describe what happened. Never raises for the command's faults;
     on cancellation the process group is terminated before CancelledError propagates."""
@@ -126,6 +127,8 @@ async def run_command(
     finally:
         os.close(log_fd)
 
+    if on_spawn is not None:
+        on_spawn(proc.pid)  # the pid is also the process-group id (start_new_session)
     capper = asyncio.create_task(_cap_log(log_path, log_max_bytes), name="log-cap") if log_max_bytes else None
     timed_out = False
     try:

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from queuectl.errors import ValidationError
-from queuectl.store.base import Store
+
+if TYPE_CHECKING:
+    from queuectl.store.base import Store
+
+
+def __getattr__(name: str) -> Any:
+    # Store is loaded on first use: the enqueue fast path imports store.sqlite_tx without the models.
+    if name == "Store":
+        from queuectl.store.base import Store
+
+        return Store
+    raise AttributeError(name)
 
 
 def open_store(home: Path, database_url: str | None = None) -> Store:

@@ -11,7 +11,8 @@ from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
 from typing import Self
 
-from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, NewJob, Outcome
+from queuectl.jobspec import NewJob
+from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, Outcome
 
 
 class Store(abc.ABC):

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from queuectl.errors import StoreError
-from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, NewJob, Outcome
+from queuectl.jobspec import NewJob
+from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, Outcome
 from queuectl.store import sqlite_ops as ops
-from queuectl.store import sqlite_schema
+from queuectl.store import sqlite_schema, sqlite_tx
 from queuectl.store.base import Store
 
 T = TypeVar("T")
@@ -73,7 +74,7 @@ class SQLiteStore(Store):
             raise store_error(exc, self.path) from None
 
     async def enqueue(self, jobs: Sequence[NewJob], *, now: float, replace: bool = False) -> list[str]:
-        return await self._run(ops.enqueue, jobs, now, replace)
+        return await self._run(sqlite_tx.enqueue, jobs, now, replace)
 
     async def claim_due(self, engine_id: str, *, now: float, limit: int) -> list[Claim]:
         return await self._run(ops.claim, engine_id, now, limit)

@@ -1,0 +1,183 @@
+"""What every benchmark shares: result rows with their targets, temp homes, subprocess commands, statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from queuectl import paths
+from queuectl.store import sqlite_schema
+from queuectl.store.sqlite import SQLiteStore
+
+try:
+    from queuectl.jobspec import NewJob
+except ImportError:  # where it lived before the enqueue fast path moved it
+    from queuectl.models import NewJob  # type: ignore[attr-defined,no-redef,unused-ignore]
+
+PYTHON = sys.executable
+#: The installed console script beside the interpreter (the venv's bin/), else `python -m queuectl`.
+_SCRIPT = Path(PYTHON).with_name("queuectl")
+QUEUECTL: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [PYTHON, "-m", "queuectl"]
+QUEUECTL_M: list[str] = [PYTHON, "-m", "queuectl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """`value op bound`, on the measured value (kind "value") or on measured / baseline (kind "ratio")."""
+
+    op: str  # "<=" or ">="
+    bound: float
+    kind: str = "ratio"
+
+    def met(self, value: float, ratio: float | None) -> bool:
+        x = ratio if self.kind == "ratio" else value
+        if x is None:
+            return False
+        return x <= self.bound if self.op == "<=" else x >= self.bound
+
+    def text(self, unit: str) -> str:
+        if self.kind == "ratio":
+            return f"ratio {self.op} {self.bound:g}x"
+        return f"{self.op} {self.bound:,.6g} {unit}"
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table. Without a target the row is informational."""
+
+    bench: str
+    metric: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_label: str = ""
+    target: Target | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.target is None else self.target.met(self.value, self.ratio)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "bench": self.bench, "metric": self.metric, "value": self.value, "unit": self.unit,
+            "baseline": self.baseline, "baseline_label": self.baseline_label, "ratio": self.ratio,
+            "target": self.target.text(self.unit) if self.target else None, "passed": self.passed,
+            "note": self.note,
+        }
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def percentile(xs: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100): a value that was actually observed."""
+    ordered = sorted(xs)
+    rank = max(1, min(len(ordered), -(-len(ordered) * p // 100)))
+    return ordered[int(rank) - 1]
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"queuectl-bench-{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for queuectl subprocesses: no QUEUECTL_* from the caller's shell (every command gets --home)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+
+
+def qc(home: Path, *args: str, module: bool = False) -> list[str]:
+    """A queuectl command line against `home`."""
+    return [*(QUEUECTL_M if module else QUEUECTL), "--home", str(home), *args]
+
+
+def create_home(home: Path) -> Path:
+    """A data directory with a migrated, empty database (as the first `queuectl` command would leave it)."""
+    paths.ensure_home(home)
+    conn = sqlite_schema.connect(home / paths.DB_NAME)
+    try:
+        sqlite_schema.migrate(conn, home / paths.DB_NAME)
+    finally:
+        conn.close()
+    return home
+
+
+def insert_jobs(home: Path, n: int, *, command: str, run_at: float, prefix: str, chunk: int = 50_000) -> None:
+    """Bulk set-up through the store's own enqueue (one transaction per chunk): the rows the CLI would write."""
+
+    async def go() -> None:
+        store = SQLiteStore(home / paths.DB_NAME)
+        await store.open()
+        try:
+            for start in range(0, n, chunk):
+                jobs = [NewJob(id=f"{prefix}{i}", command=command, run_at=run_at, cwd=str(home))
+                        for i in range(start, min(n, start + chunk))]
+                await store.enqueue(jobs, now=time.time())
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def db_rows(home: Path, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+    conn = sqlite_schema.connect(home / paths.DB_NAME)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def engine_process(home: Path, *args: str, ready_timeout_s: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+    """`queuectl run` as a subprocess (JSON log in home/engine.log), yielded once it has started; stopped with
+    SIGTERM (a graceful stop) on the way out."""
+    log_path = home / "engine.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(qc(home, "run", "--log-format", "json", *args), stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL, env=clean_env())
+    try:
+        wait_until(lambda: b'"engine_started"' in log_path.read_bytes() or proc.poll() is not None,
+                   ready_timeout_s, "the engine to start")
+        if proc.returncode is not None:
+            raise RuntimeError(f"engine exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
