@@ -44,6 +44,7 @@ class Ctx:
 
 
 _ctx: Ctx | None = None
+_command_given = False
 
 
 @app.callback()
@@ -110,7 +111,7 @@ def enqueue(
         if flags:
             jobs = [jobspec.from_mapping({**_as_mapping(j), **flags}) for j in jobs]
     else:
-        jobs = [jobspec.from_mapping(jobspec.mapping_from_args(args or [], flags))]
+        jobs = [jobspec.from_mapping(jobspec.mapping_from_args(args or [], flags, command_given=_command_given))]
     ids = call(lambda q: q.enqueue(jobs, replace=replace))
     sys.stdout.write("".join(f"{i}\n" for i in ids))
 
@@ -318,6 +319,10 @@ def config_unset(key: Annotated[str, typer.Argument(help="e.g. max-retries")]) -
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every error ends as one line on stderr and an exit code (2 usage, 1 operation failed)."""
+    global _command_given
+    argv = sys.argv[1:] if argv is None else argv
+    # click drops `--`, but `enqueue` must know whether its words came after it (a command) or not (JSON).
+    _command_given = "enqueue" in argv and "--" in argv[argv.index("enqueue") :]
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="queuectl", standalone_mode=False)

@@ -21,7 +21,7 @@ _FLAGS = {"--id": "id", "--priority": "priority", "--delay": "delay", "--run-at"
           "--timeout": "timeout", "--max-retries": "max_retries"}
 
 
-def _parse(argv: list[str]) -> tuple[Path, list[str], dict[str, str]] | None:
+def _parse(argv: list[str]) -> tuple[Path, list[str], dict[str, str], bool] | None:
     home = None
     if argv[0] == "--home":
         home, argv = Path(argv[1]).expanduser(), argv[2:]
@@ -30,27 +30,35 @@ def _parse(argv: list[str]) -> tuple[Path, list[str], dict[str, str]] | None:
     while args and args[0] in _FLAGS and len(args) >= 2:
         flags[_FLAGS[args[0]]] = args[1]
         args = args[2:]
-    if args and args[0] == "--":
+    command_given = bool(args) and args[0] == "--"
+    if command_given:
         args = args[1:]
         if not args:
             return None
     elif len(args) != 1 or args[0].startswith("-"):
         return None
-    return home or paths.default_home(), args, flags
+    return home or paths.default_home(), args, flags, command_given
 
 
 def try_enqueue(argv: list[str]) -> int | None:
+    try:
+        return _try_enqueue(argv)
+    except Exception:  # anything unexpected: the full CLI does it again and reports properly
+        return None
+
+
+def _try_enqueue(argv: list[str]) -> int | None:
     if os.environ.get("QUEUECTL_DATABASE_URL"):
         return None
     parsed = _parse(argv)
     if parsed is None:
         return None
-    home, args, flags = parsed
+    home, args, flags, command_given = parsed
     db = home / paths.DB_NAME
     if not db.is_file():
         return None
     try:
-        job = jobspec.from_mapping(jobspec.mapping_from_args(args, flags))
+        job = jobspec.from_mapping(jobspec.mapping_from_args(args, flags, command_given=command_given))
         conn = sqlite_schema.connect(db)
     except QueueCtlError:
         return None

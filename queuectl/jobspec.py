@@ -147,7 +147,7 @@ def _loads(text: str) -> object:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise ValidationError(f"job is not valid JSON: {detail}") from None
+        raise ValidationError(f"job is not valid JSON: {detail} (a plain command goes after `--`)") from None
 
 
 def from_json(text: str, *, now: float | None = None, cwd: str | None = None) -> NewJob:
@@ -174,15 +174,20 @@ def from_json_lines(lines: Iterable[str], *, now: float | None = None, cwd: str 
     return jobs
 
 
-def mapping_from_args(args: list[str], flags: Mapping[str, str]) -> dict[str, Any]:
-    """The CLI's positional form: one JSON object, or the command's words (one word is shell text as given;
-    several are quoted back together so that each stays one argument). Flags override JSON fields."""
-    if len(args) == 1 and args[0].lstrip().startswith("{"):
+def mapping_from_args(args: list[str], flags: Mapping[str, str], *, command_given: bool) -> dict[str, Any]:
+    """The CLI's positional form: one JSON object, or (after `--`, command_given) the command's words: one word
+    is shell text as given; several are quoted back together so that each stays one argument. Flags override
+    JSON fields."""
+    if not command_given:
+        if len(args) != 1:
+            raise ValidationError(
+                "give one JSON object, or the command after `--` (queuectl enqueue -- sleep 2)"
+                if args else "missing job: give a JSON object, or the command after `--`")
         obj = _loads(args[0])
         if not isinstance(obj, dict):
             raise ValidationError(f"a job must be a JSON object; got {type(obj).__name__}")
         return {**obj, **flags}
     if not args:
-        raise ValidationError("missing job: give a JSON object, or the command after `--`")
+        raise ValidationError("missing command after `--`")
     command = args[0] if len(args) == 1 else shlex.join(args)
     return {**flags, "command": command}
