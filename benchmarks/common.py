@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from queuectl import paths
+from queuectl import jobspec, paths
+from queuectl.api import Queue
 from queuectl.store import sqlite_schema
-from queuectl.store.sqlite import SQLiteStore
 
 try:
     from queuectl.jobspec import NewJob
@@ -126,19 +126,31 @@ def create_home(home: Path) -> Path:
     return home
 
 
+def enqueue(home: Path, jobs: Sequence[NewJob]) -> None:
+    """Through the library API, as another shell would (the store's enqueue, then a wake-up to the engines)."""
+
+    async def go() -> None:
+        async with Queue(home) as q:
+            await q.enqueue(jobs)
+
+    asyncio.run(go())
+
+
+def job(job_id: str, command: str, *, run_at: float | None = None, cwd: Path) -> NewJob:
+    spec: dict[str, object] = {"id": job_id, "command": command}
+    if run_at is not None:
+        spec["run_at"] = run_at
+    return jobspec.from_mapping(spec, cwd=str(cwd))
+
+
 def insert_jobs(home: Path, n: int, *, command: str, run_at: float, prefix: str, chunk: int = 50_000) -> None:
     """Bulk set-up through the store's own enqueue (one transaction per chunk): the rows the CLI would write."""
 
     async def go() -> None:
-        store = SQLiteStore(home / paths.DB_NAME)
-        await store.open()
-        try:
+        async with Queue(home) as q:
             for start in range(0, n, chunk):
-                jobs = [NewJob(id=f"{prefix}{i}", command=command, run_at=run_at, cwd=str(home))
-                        for i in range(start, min(n, start + chunk))]
-                await store.enqueue(jobs, now=time.time())
-        finally:
-            await store.close()
+                await q.enqueue([NewJob(id=f"{prefix}{i}", command=command, run_at=run_at, cwd=str(home))
+                                 for i in range(start, min(n, start + chunk))])
 
     asyncio.run(go())
 

@@ -23,10 +23,10 @@ from typing import TypeVar
 
 from queuectl import config, orphans, retry, wakeup
 from queuectl.aio import finish_even_if_cancelled
-from queuectl.errors import StoreError
+from queuectl.errors import StoreError, StoreGoneError
 from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, JobState, Outcome
-from queuectl.paths import attempt_log_path
+from queuectl.paths import attempt_log_path, loose_permissions
 from queuectl.procs import pid_alive
 from queuectl.runner import run_command
 from queuectl.scheduler import DueHeap
@@ -168,6 +168,8 @@ class Engine:
             await self.store.subscribe(self._on_change)
             await self._recover()
             self._token = await self.store.change_token()
+            for warning in loose_permissions(self.options.home):
+                self.log.emit("insecure", f"WARNING: {warning}", warning=warning)
             self.log.emit("engine_started", f"engine {self.id} started with {self.options.workers} worker(s)",
                           engine=self.id, workers=self.options.workers)
             background = [
@@ -419,9 +421,15 @@ class Engine:
     def _note_store_failure(self, exc: StoreError) -> None:
         self._store_failures += 1
         self.log.emit("store_error", f"store error ({self._store_failures}): {exc}", error=str(exc))
-        if self._store_failures >= self.options.max_store_failures and self._fatal is None:
+        if self._fatal is not None:
+            return
+        if isinstance(exc, StoreGoneError):
+            self._fatal = exc
+        elif self._store_failures >= self.options.max_store_failures:
             self._fatal = StoreError(f"giving up after {self._store_failures} store errors in a row: {exc}")
-            self.request_stop(fast=True)
+        else:
+            return
+        self.request_stop(fast=True)
 
 
 def _short(command: str, width: int = 60) -> str:

@@ -28,5 +28,9 @@ class StoreError(QueueCtlError):
     """The database cannot be opened, read or written (not a database, newer schema, disk full...)."""
 
 
+class StoreGoneError(StoreError):
+    """The database was removed or replaced under a running engine: retrying cannot help."""
+
+
 class HomeError(QueueCtlError):
     """The data directory cannot be created or used."""

@@ -40,3 +40,17 @@ def ensure_home(home: Path) -> Path:
 def attempt_log_path(home: Path, job_id: str, attempt: int) -> Path:
     """One log file per attempt. Job ids are validated to be file-name safe (see jobspec)."""
     return home / LOGS_DIR / job_id / f"{attempt}.log"
+
+
+def loose_permissions(home: Path) -> list[str]:
+    """Warnings for a data directory or files that others can read or write (anyone who can write the database
+    can run commands as the engine's user)."""
+    warnings = []
+    for path, wanted in ((home, 0o700), (home / DB_NAME, 0o600), (home / LOGS_DIR, 0o700)):
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o077:
+            warnings.append(f"{path} has mode {mode:04o}: others can reach it; run `chmod {wanted:o} {path}`")
+    return warnings

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from queuectl.errors import StoreError
+from queuectl.errors import StoreError, StoreGoneError
 from queuectl.jobspec import NewJob
 from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, Outcome
 from queuectl.store import sqlite_ops as ops
@@ -40,6 +40,7 @@ class SQLiteStore(Store):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: aiosqlite.Connection | None = None
+        self._identity: tuple[int, int] | None = None
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -56,6 +57,14 @@ class SQLiteStore(Store):
             self._conn = await aiosqlite.Connection(connect, iter_chunk_size=64)
         except sqlite3.Error as exc:
             raise store_error(exc, self.path) from None
+        self._identity = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -133,6 +142,9 @@ class SQLiteStore(Store):
         await self._run(ops.register_engine, engine)
 
     async def heartbeat(self, engine_id: str, *, now: float) -> bool | None:
+        # An open connection keeps writing to a deleted file without complaint: check the path still names it.
+        if self._identity is not None and self._file_identity() != self._identity:
+            raise StoreGoneError(f"database {self.path} was removed or replaced while the engine ran")
         return await self._run(ops.heartbeat, engine_id, now)
 
     async def deregister_engine(self, engine_id: str) -> None:
