@@ -49,6 +49,23 @@ def _optional_duration(raw: str, key: str) -> float | None:
     return value
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+
+
+def _size_bytes(raw: str, key: str) -> int:
+    text = raw.strip().lower()
+    number = text.rstrip("abgikmB")
+    unit = text[len(number):].strip()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _SIZE_UNITS or not math.isfinite(value) or value < 0:
+        raise ValidationError(f"{key} must be a size like 0, 500000, 64MiB or 1GiB; got {raw!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
 def _fraction(raw: str, key: str) -> float:
     try:
         value = float(raw)
@@ -82,8 +99,8 @@ KEYS: dict[str, Key] = {
             "default per-attempt timeout for jobs without their own (none = no limit)"),
         Key("kill-grace", "kill_grace_s", "5s", _duration,
             "time between SIGTERM and SIGKILL when a job is timed out or stopped"),
-        Key("log-max-bytes", "log_max_bytes", "0", _non_negative_int,
-            "largest log file per attempt in bytes (0 = unlimited)"),
+        Key("log-max-bytes", "log_max_bytes", "100MiB", _size_bytes,
+            "largest log file per attempt; keeps its head and newest tail (0 = unlimited)"),
     )
 }
 
@@ -96,7 +113,7 @@ class Settings:
     retry_jitter: float = 0.0
     job_timeout_s: float | None = None
     kill_grace_s: float = 5.0
-    log_max_bytes: int = 0
+    log_max_bytes: int = 100 << 20
 
 
 def canonical_key(name: str) -> Key:

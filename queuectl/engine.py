@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from queuectl import config, orphans, retry, wakeup
 from queuectl.aio import finish_even_if_cancelled
-from queuectl.errors import StoreError, StoreGoneError
+from queuectl.errors import StoreError, StoreFullError, StoreGoneError
 from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, JobState, Outcome
 from queuectl.paths import attempt_log_path, loose_permissions
@@ -412,7 +412,7 @@ class Engine:
             except StoreError as exc:
                 self._note_store_failure(exc)
                 await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 8.0)
+                delay_s = min(delay_s * 2, 30.0 if isinstance(exc, StoreFullError) else 8.0)
                 continue
             self._store_failures = 0
             return result
@@ -423,6 +423,8 @@ class Engine:
         self.log.emit("store_error", f"store error ({self._store_failures}): {exc}", error=str(exc))
         if self._fatal is not None:
             return
+        if isinstance(exc, StoreFullError):
+            return  # nothing is lost while we wait: keep retrying until space returns
         if isinstance(exc, StoreGoneError):
             self._fatal = exc
         elif self._store_failures >= self.options.max_store_failures:

@@ -28,6 +28,10 @@ class StoreError(QueueCtlError):
     """The database cannot be opened, read or written (not a database, newer schema, disk full...)."""
 
 
+class StoreFullError(StoreError):
+    """The disk (or the database's size limit) is full: writes fail until space returns."""
+
+
 class StoreGoneError(StoreError):
     """The database was removed or replaced under a running engine: retrying cannot help."""
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from queuectl.errors import StoreError, StoreGoneError
+from queuectl.errors import StoreError, StoreFullError, StoreGoneError
 from queuectl.jobspec import NewJob
 from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, Outcome
 from queuectl.store import sqlite_ops as ops
@@ -26,7 +26,7 @@ def store_error(exc: sqlite3.Error, path: Path) -> StoreError:
         return StoreError(f"database {path} stayed locked by another process for "
                           f"{sqlite_schema.BUSY_TIMEOUT_S:.0f} s; try again")
     if "disk is full" in text or "database or disk is full" in text:
-        return StoreError(f"disk full: cannot write to {path}")
+        return StoreFullError(f"disk full: cannot write to {path}")
     if "readonly" in text:
         return StoreError(f"database {path} is read-only")
     if "not a database" in text or "malformed" in text:

@@ -1,0 +1,547 @@
+"""The PostgreSQL store: the same operations as the SQLite store, for engines on many hosts sharing one queue.
+
+psycopg 3 with a psycopg_pool connection pool; every operation is one statement (autocommit) or one explicit
+transaction on one pooled connection. Claiming is one UPDATE over a `FOR UPDATE SKIP LOCKED` pick, so engines
+never wait for, nor take, each other's jobs. Wake-ups: triggers NOTIFY at commit when a job becomes pending or
+the config changes; `subscribe` LISTENs on a dedicated connection that reconnects with backoff. Schema,
+migrations and error messages: postgres_schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from typing import Self
+
+import psycopg
+from psycopg import sql
+from psycopg.abc import Params
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from queuectl.errors import ConflictError, NotFoundError, StoreError
+from queuectl.jobspec import NewJob
+from queuectl.models import Attempt, AttemptStatus, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.store import postgres_schema as schema
+from queuectl.store.base import Store
+from queuectl.store.postgres_schema import Query
+
+Conn = psycopg.AsyncConnection[DictRow]
+
+# The pool reports failed reconnections as WARNING records; without a handler Python would print them on stderr
+# next to our own one-line error. Applications that configure logging still get them.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+
+#: Schemas made by for_tests start with this.
+TEST_SCHEMA_PREFIX = "queuectl_test_"
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_RUNNABLE = "state IN ('pending', 'failed')"
+_STATES = tuple(s.value for s in JobState)
+
+_ENQUEUE = """
+    INSERT INTO jobs (id, command, state, max_retries, priority, run_at, timeout_s, cwd, created_at, updated_at)
+    SELECT id, command, 'pending', max_retries, priority, run_at, timeout_s, cwd, %(now)s, %(now)s
+      FROM unnest(%(ids)s::text[], %(commands)s::text[], %(max_retries)s::integer[], %(priorities)s::bigint[],
+                  %(run_ats)s::float8[], %(timeouts)s::float8[], %(cwds)s::text[])
+           WITH ORDINALITY AS j (id, command, max_retries, priority, run_at, timeout_s, cwd, n)
+     ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id"""
+
+# One statement: pick (skipping rows other claimers hold), mark, return. The pick walks jobs_claim in order and
+# stops after `limit` rows. `= ANY(ARRAY(...))` rather than `IN (...)`: the pick runs once, first, and the update
+# finds its rows by primary key whatever the planner guesses of the pick's size (with IN, a generic plan for a
+# large table hash-joins the pick against a scan of the whole table).
+_CLAIM = f"""
+    UPDATE jobs SET state = 'processing', engine_id = %(engine)s, started_at = %(now)s, updated_at = %(now)s,
+           runs = runs + 1
+     WHERE seq = ANY(ARRAY(SELECT seq FROM jobs WHERE {_RUNNABLE} AND run_at <= %(now)s
+                           ORDER BY priority DESC, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+    RETURNING *"""
+
+def _upsert_attempt(source: str) -> str:
+    """INSERT OR REPLACE of attempt rows, as the SQLite store does, from a SELECT."""
+    return (
+        "INSERT INTO attempts (job_id, number, status, engine_id, started_at, finished_at, exit_code, timed_out, "
+        "error, output_tail, log_path) " + source + """
+        ON CONFLICT (job_id, number) DO UPDATE SET status = EXCLUDED.status, engine_id = EXCLUDED.engine_id,
+           started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, exit_code = EXCLUDED.exit_code,
+           timed_out = EXCLUDED.timed_out, error = EXCLUDED.error, output_tail = EXCLUDED.output_tail,
+           log_path = EXCLUDED.log_path""")
+
+
+# The job's move and its attempt row in one statement: the attempt is written only if the engine still held it.
+_HELD = "seq = %(seq)s AND state = 'processing' AND engine_id = %(engine)s AND runs = %(attempt)s"
+_FINISH = f"""
+    WITH done AS (
+        UPDATE jobs SET state = %(state)s, attempts = attempts + 1, run_at = coalesce(%(run_at)s::float8, run_at),
+               finished_at = %(finished_at)s::float8, updated_at = %(ended)s, exit_code = %(exit_code)s::integer,
+               last_error = %(error)s::text, engine_id = NULL
+         WHERE {_HELD}
+        RETURNING id)
+    """ + _upsert_attempt("""
+    SELECT id, %(attempt)s, %(status)s, %(engine)s, %(started)s, %(ended)s, %(exit_code)s::integer, %(timed_out)s,
+           %(error)s::text, %(tail)s::text, %(log_path)s::text FROM done""") + " RETURNING job_id"
+
+_RELEASE = f"""
+    WITH back AS (
+        UPDATE jobs SET state = 'pending', run_at = %(now)s, updated_at = %(now)s, engine_id = NULL
+         WHERE {_HELD}
+        RETURNING id)
+    """ + _upsert_attempt("""
+    SELECT id, %(attempt)s, 'interrupted', %(engine)s, %(started)s, %(now)s, NULL, false, %(reason)s::text, NULL,
+           NULL FROM back""") + " RETURNING job_id"
+
+# Engines that are gone lose their rows; jobs held by an engine without a row (the ones just removed are still
+# visible to this statement's snapshot, hence `IN gone`) get an interrupted attempt and go back to pending.
+_RECOVER = """
+    WITH gone AS (
+        DELETE FROM engines WHERE id = ANY(%(dead)s::text[]) OR heartbeat_at < %(stale)s RETURNING id),
+    orphans AS (
+        SELECT seq, id, engine_id, started_at, runs FROM jobs
+         WHERE state = 'processing'
+           AND (engine_id IS NULL OR engine_id IN (SELECT id FROM gone)
+                OR NOT EXISTS (SELECT 1 FROM engines e WHERE e.id = jobs.engine_id))
+         ORDER BY seq
+           FOR UPDATE OF jobs SKIP LOCKED),
+    noted AS (""" + _upsert_attempt("""
+        SELECT id, runs, 'interrupted', engine_id, coalesce(started_at, %(now)s), %(now)s, NULL, false,
+               'interrupted: engine ' || coalesce(engine_id, 'None')
+               || ' stopped (crashed or killed) during the attempt',
+               NULL, NULL
+          FROM orphans""") + """),
+    back AS (
+        UPDATE jobs SET state = 'pending', run_at = %(now)s, updated_at = %(now)s, engine_id = NULL
+          FROM orphans WHERE jobs.seq = orphans.seq)
+    SELECT id FROM orphans ORDER BY seq"""
+
+_COUNTS = f"""
+    SELECT {", ".join(f"sum({s})::bigint AS {s}" for s in _STATES)},
+           (SELECT run_at FROM jobs WHERE {_RUNNABLE} ORDER BY run_at LIMIT 1) AS oldest_run_at
+      FROM counters"""
+
+
+class PostgresStore(Store):
+    """A queue in a PostgreSQL schema, shared by any number of engines on any number of hosts."""
+
+    #: Seconds an operation waits for a pooled connection before failing (the pool reconnects meanwhile).
+    acquire_timeout_s = 15.0
+    #: A pooled connection idle for longer is checked before use (it may have been cut meanwhile).
+    idle_check_s = 2.0
+
+    def __init__(self, database_url: str, *, schema_name: str | None = None, max_connections: int = 10) -> None:
+        """`schema_name` (default: the URL's search_path, usually public) holds queuectl's tables."""
+        if schema_name is not None and not _SCHEMA_NAME.match(schema_name):
+            raise StoreError(f"invalid PostgreSQL schema name {schema_name!r}")
+        self.url = database_url
+        self.where = schema.describe(database_url)
+        self.schema_name = schema_name
+        self.max_connections = max_connections
+        self._conninfo = schema.conninfo(database_url)
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._channel = ""
+        self._last_used: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+        self._listener: _Listener | None = None
+
+    @classmethod
+    async def for_tests(cls, url: str) -> Self:
+        """A store on a new, empty schema of its own, so tests never see each other's jobs. The schema outlives
+        close() (a test may reopen the store); test schemas older than a day are dropped here, and tests/pg.py
+        drops its own at exit."""
+        name = f"{TEST_SCHEMA_PREFIX}{int(time.time())}_{secrets.token_hex(4)}"
+        store = cls(url)
+        async with await store._connect() as conn:
+            cur = await conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+                                     (TEST_SCHEMA_PREFIX,))
+            for row in await cur.fetchall():
+                created = row["nspname"].removeprefix(TEST_SCHEMA_PREFIX).partition("_")[0]
+                if created.isdigit() and int(created) < time.time() - 86400:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                            sql.Identifier(row["nspname"])))
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        store.schema_name = name
+        return store
+
+    # ---- connections ---------------------------------------------------------------------------------------------
+
+    async def _connect(self, *, application_name: str | None = None) -> Conn:
+        """A connection of our own (not pooled), autocommit, on our schema once it is known."""
+        info = self._conninfo
+        if application_name is not None:
+            info = make_conninfo(info, application_name=application_name)
+        try:
+            conn = await psycopg.AsyncConnection.connect(info, autocommit=True, row_factory=dict_row)
+        except psycopg.Error as exc:
+            raise schema.store_error(exc, self.where, connecting=True) from None
+        except OSError as exc:  # name resolution and the like, before libpq gets to say it
+            raise StoreError(f"cannot connect to PostgreSQL {self.where}: {schema.one_line(exc)}") from None
+        if self.schema_name is not None:
+            try:
+                await self._configure(conn)
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
+
+    async def _configure(self, conn: Conn) -> None:
+        assert self.schema_name is not None
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema_name)))
+
+    async def _check(self, conn: Conn) -> None:
+        if time.monotonic() - self._last_used.get(conn, 0.0) > self.idle_check_s:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _returned(self, conn: Conn) -> None:
+        self._last_used[conn] = time.monotonic()
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        conn = await self._connect()
+        try:
+            self.schema_name = await schema.migrate(conn, self.where, time.time())
+        except psycopg.Error as exc:
+            raise schema.store_error(exc, self.where) from None
+        finally:
+            await conn.close()
+        self._channel = schema.channel_for(self.schema_name)
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self._conninfo, connection_class=Conn, kwargs={"autocommit": True, "row_factory": dict_row},
+            min_size=1, max_size=self.max_connections, open=False, configure=self._configure, check=self._check,
+            reset=self._returned, timeout=self.acquire_timeout_s, name=f"queuectl-{self.schema_name}")
+        await pool.open()
+        self._pool = pool
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Conn]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("store is not open")
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise await self._unavailable() from None
+        except PoolClosed:
+            raise StoreError("store is closed") from None
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                # The server restarted or the network dropped: the idle connections are most likely dead too.
+                # Replace them now, so that the retry gets a live one instead of failing once per connection.
+                with contextlib.suppress(psycopg.Error, TimeoutError):
+                    await asyncio.wait_for(pool.check(), timeout=5.0)
+            raise schema.store_error(exc, self.where) from None
+
+    async def _unavailable(self) -> StoreError:
+        """Why no pooled connection came: the server's own answer to a fresh connection, if it refuses one."""
+        try:
+            conn = await self._connect()
+        except StoreError as exc:
+            return exc
+        await conn.close()
+        return StoreError(f"no free connection to PostgreSQL {self.where} within {self.acquire_timeout_s:g} s "
+                          f"({self.max_connections} in use)")
+
+    async def _rows(self, query: Query, params: Params | None = None) -> list[DictRow]:
+        async with self._conn() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    async def _exec(self, query: Query, params: Params | None = None) -> int:
+        async with self._conn() as conn:
+            cur = await conn.execute(query, params)
+            return cur.rowcount
+
+    # ---- jobs: writing -------------------------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob], *, now: float, replace: bool = False) -> list[str]:
+        ids = [j.id for j in jobs]
+        if not ids:
+            return []
+        params = {
+            "now": now, "ids": ids, "commands": [j.command for j in jobs],
+            "max_retries": [j.max_retries for j in jobs], "priorities": [j.priority for j in jobs],
+            "run_ats": [j.run_at for j in jobs], "timeouts": [j.timeout_s for j in jobs], "cwds": [j.cwd for j in jobs],
+        }
+        async with self._conn() as conn, conn.transaction():
+            if replace:
+                existing = await _lock_states(conn, ids)
+                busy = [i for i in ids if existing.get(i) == JobState.PROCESSING]
+                if busy:
+                    raise ConflictError(f"job {busy[0]!r} is running and cannot be replaced")
+                if existing:
+                    await conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (list(existing),))
+            cur = await conn.execute(_ENQUEUE, params)
+            inserted = {r["id"] for r in await cur.fetchall()}
+            if len(inserted) < len(ids):
+                taken = next((i for i in ids if i not in inserted), None) or _first_duplicate(ids)
+                raise ConflictError(f"job {taken!r} already exists (use --replace to overwrite it)")
+        return ids
+
+    async def claim_due(self, engine_id: str, *, now: float, limit: int) -> list[Claim]:
+        if limit < 1:
+            return []
+        rows = await self._rows(_CLAIM, {"engine": engine_id, "now": now, "limit": limit})
+        claims = [Claim(job=Job.from_row(r), attempt=r["runs"]) for r in rows]
+        claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.seq))
+        return claims
+
+    async def complete(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
+        return await self._finish(claim, engine_id, outcome, JobState.COMPLETED, None)
+
+    async def schedule_retry(self, claim: Claim, engine_id: str, outcome: Outcome, *, retry_at: float) -> bool:
+        return await self._finish(claim, engine_id, outcome, JobState.FAILED, retry_at)
+
+    async def bury(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
+        return await self._finish(claim, engine_id, outcome, JobState.DEAD, None)
+
+    async def _finish(
+        self, claim: Claim, engine_id: str, outcome: Outcome, state: JobState, run_at: float | None
+    ) -> bool:
+        status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
+            AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
+        rows = await self._rows(_FINISH, {
+            "state": state.value, "run_at": run_at, "ended": outcome.finished_at,
+            "finished_at": outcome.finished_at if state in (JobState.COMPLETED, JobState.DEAD) else None,
+            "exit_code": outcome.exit_code, "error": outcome.error, "seq": claim.job.seq, "engine": engine_id,
+            "attempt": claim.attempt, "status": status.value, "started": outcome.started_at,
+            "timed_out": outcome.timed_out, "tail": outcome.output_tail, "log_path": outcome.log_path,
+        })
+        return bool(rows)
+
+    async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
+        started = claim.job.started_at if claim.job.started_at is not None else now
+        rows = await self._rows(_RELEASE, {"now": now, "seq": claim.job.seq, "engine": engine_id,
+                                           "attempt": claim.attempt, "started": started, "reason": reason})
+        return bool(rows)
+
+    async def retry_dead(self, job_ids: Sequence[str] | None, *, now: float) -> list[str]:
+        sets = "state = 'pending', attempts = 0, run_at = %(now)s, updated_at = %(now)s, finished_at = NULL"
+        if job_ids is None:
+            rows = await self._rows(f"UPDATE jobs SET {sets} WHERE state = 'dead' RETURNING seq, id", {"now": now})
+            return [r["id"] for r in sorted(rows, key=lambda r: r["seq"])]
+        ids = list(job_ids)
+        async with self._conn() as conn, conn.transaction():
+            _check_ids(ids, await _lock_states(conn, ids), lambda s: s == JobState.DEAD,
+                       "retried from the dead-letter queue")
+            await conn.execute(f"UPDATE jobs SET {sets} WHERE id = ANY(%(ids)s)", {"now": now, "ids": ids})
+        return ids
+
+    async def delete(self, job_ids: Sequence[str]) -> list[str]:
+        ids = list(job_ids)
+        async with self._conn() as conn, conn.transaction():
+            _check_ids(ids, await _lock_states(conn, ids), lambda s: s != JobState.PROCESSING, "deleted while it runs")
+            await conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
+        return ids
+
+    async def purge(self, state: JobState, *, finished_before: float | None) -> list[str]:
+        if finished_before is None:
+            rows = await self._rows("DELETE FROM jobs WHERE state = %s RETURNING seq, id", (state.value,))
+        else:
+            rows = await self._rows(
+                "DELETE FROM jobs WHERE state = %s AND coalesce(finished_at, updated_at) < %s RETURNING seq, id",
+                (state.value, finished_before))
+        return [r["id"] for r in sorted(rows, key=lambda r: r["seq"])]
+
+    # ---- jobs: reading -------------------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        rows = await self._rows("SELECT * FROM jobs WHERE id = %s", (job_id,))
+        if not rows:
+            raise NotFoundError(f"no job {job_id!r}")
+        return Job.from_row(rows[0])
+
+    async def list_jobs(
+        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
+    ) -> list[Job]:
+        order = "ASC" if oldest_first else "DESC"
+        if state is None:
+            rows = await self._rows(f"SELECT * FROM jobs ORDER BY seq {order} LIMIT %s OFFSET %s", (limit, offset))
+        else:
+            rows = await self._rows(f"SELECT * FROM jobs WHERE state = %s ORDER BY seq {order} LIMIT %s OFFSET %s",
+                                    (state.value, limit, offset))
+        return [Job.from_row(r) for r in rows]
+
+    async def attempts(self, job_id: str) -> list[Attempt]:
+        rows = await self._rows("SELECT * FROM attempts WHERE job_id = %s ORDER BY number", (job_id,))
+        return [Attempt.from_row(r) for r in rows]
+
+    async def counts(self, *, now: float) -> Counts:
+        row = (await self._rows(_COUNTS))[0]
+        oldest = row["oldest_run_at"]
+        age = now - oldest if oldest is not None and oldest <= now else None
+        return Counts(by_state={JobState(s): int(row[s] or 0) for s in _STATES}, oldest_pending_age_s=age)
+
+    async def next_due(self, *, limit: int) -> list[tuple[float, str]]:
+        rows = await self._rows(f"SELECT run_at, id FROM jobs WHERE {_RUNNABLE} ORDER BY run_at, seq LIMIT %s",
+                                (limit,))
+        return [(float(r["run_at"]), str(r["id"])) for r in rows]
+
+    async def change_token(self) -> int:
+        rows = await self._rows("SELECT sum(changes)::bigint AS token FROM counters")
+        return int(rows[0]["token"] or 0)
+
+    async def subscribe(self, on_change: Callable[[], None]) -> None:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        if self._listener is None:
+            self._listener = _Listener(self, self._channel)
+            self._listener.callbacks.append(on_change)
+            await self._listener.start()
+        else:
+            self._listener.callbacks.append(on_change)
+
+    async def notify_change(self) -> None:
+        await self._exec("SELECT pg_notify(%s, '')", (self._channel,))
+
+    @property
+    def listener_pid(self) -> int | None:
+        """Backend pid of the LISTEN connection while it is up (for tests and diagnostics)."""
+        return None if self._listener is None else self._listener.pid
+
+    # ---- config --------------------------------------------------------------------------------------------------
+
+    async def config_items(self) -> dict[str, str]:
+        return {r["key"]: r["value"] for r in await self._rows("SELECT key, value FROM config")}
+
+    async def config_set(self, key: str, value: str) -> None:
+        await self._exec("INSERT INTO config (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+                         "SET value = EXCLUDED.value", (key, value))
+
+    async def config_unset(self, key: str) -> bool:
+        return await self._exec("DELETE FROM config WHERE key = %s", (key,)) > 0
+
+    # ---- engines -------------------------------------------------------------------------------------------------
+
+    async def register_engine(self, engine: EngineInfo) -> None:
+        e = engine
+        await self._exec(
+            """INSERT INTO engines (id, host, pid, workers, started_at, heartbeat_at, stop_requested)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, workers = EXCLUDED.workers,
+                  started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,
+                  stop_requested = EXCLUDED.stop_requested""",
+            (e.id, e.host, e.pid, e.workers, e.started_at, e.heartbeat_at, e.stop_requested))
+
+    async def heartbeat(self, engine_id: str, *, now: float) -> bool | None:
+        rows = await self._rows("UPDATE engines SET heartbeat_at = %s WHERE id = %s RETURNING stop_requested",
+                                (now, engine_id))
+        return None if not rows else bool(rows[0]["stop_requested"])
+
+    async def deregister_engine(self, engine_id: str) -> None:
+        await self._exec("DELETE FROM engines WHERE id = %s", (engine_id,))
+
+    async def engines(self) -> list[EngineInfo]:
+        return [EngineInfo.from_row(r) for r in await self._rows("SELECT * FROM engines ORDER BY started_at")]
+
+    async def request_stop(self, engine_ids: Collection[str]) -> None:
+        await self._exec("UPDATE engines SET stop_requested = true WHERE id = ANY(%s)", (list(engine_ids),))
+
+    async def running(self) -> list[Job]:
+        rows = await self._rows("SELECT * FROM jobs WHERE state = 'processing' ORDER BY started_at")
+        return [Job.from_row(r) for r in rows]
+
+    async def recover(self, *, now: float, stale_before: float, dead_engine_ids: Collection[str]) -> list[str]:
+        rows = await self._rows(_RECOVER, {"now": now, "stale": stale_before, "dead": list(dead_engine_ids)})
+        return [r["id"] for r in rows]
+
+
+async def _lock_states(conn: Conn, ids: Sequence[str]) -> dict[str, str]:
+    """States of the given jobs that exist, each row locked until the end of the transaction."""
+    cur = await conn.execute("SELECT id, state FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (list(ids),))
+    return {r["id"]: r["state"] for r in await cur.fetchall()}
+
+
+def _check_ids(ids: Sequence[str], states: dict[str, str], allowed: Callable[[str], bool], verb: str) -> None:
+    for job_id in ids:
+        if job_id not in states:
+            raise NotFoundError(f"no job {job_id!r}")
+        if not allowed(states[job_id]):
+            raise ConflictError(f"job {job_id!r} is {states[job_id]} and cannot be {verb}")
+
+
+def _first_duplicate(ids: Sequence[str]) -> str:
+    seen: set[str] = set()
+    for job_id in ids:
+        if job_id in seen:
+            return job_id
+        seen.add(job_id)
+    return "?"
+
+
+class _Listener:
+    """LISTEN on a dedicated connection; call every callback for each notification. When the connection drops,
+    call them once (notifications may have been lost), then reconnect with backoff."""
+
+    #: Without a notification for this long, check that the connection still answers (a silent network loss).
+    check_after_s = 30.0
+    min_backoff_s = 0.1
+    max_backoff_s = 5.0
+
+    def __init__(self, store: PostgresStore, channel: str) -> None:
+        self.store = store
+        self.channel = channel
+        self.callbacks: list[Callable[[], None]] = []
+        self.pid: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._backoff_s = self.min_backoff_s
+
+    async def start(self) -> None:
+        """Begin listening; wait (boundedly) for the first LISTEN so that changes from now on are seen."""
+        self._task = asyncio.create_task(self._run(), name="postgres-listen")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout=15.0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _fire(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (StoreError, psycopg.Error, OSError, TimeoutError):
+                pass
+            finally:
+                self.pid = None
+                self._ready.set()  # failed or not, stop holding up subscribe()
+            self._fire()
+            await asyncio.sleep(self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
+
+    async def _listen(self) -> None:
+        conn = await self.store._connect(application_name="queuectl-listen")
+        try:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            self.pid = conn.info.backend_pid
+            self._backoff_s = self.min_backoff_s
+            self._ready.set()
+            while True:
+                async for _ in conn.notifies(timeout=self.check_after_s):
+                    self._fire()
+                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=10.0)
+        finally:
+            await conn.close()
