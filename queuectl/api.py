@@ -22,6 +22,9 @@ from queuectl.models import TERMINAL_STATES, Attempt, Counts, EngineInfo, Job, J
 from queuectl.procs import pid_alive
 from queuectl.store import Store, open_store
 
+#: An engine on another host whose heartbeat is older than this is gone (the engine's own stale_after_s).
+ENGINE_STALE_AFTER_S = 30.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Status:
@@ -117,10 +120,17 @@ class Queue:
             effective_timeout_s=job.timeout_s if job.timeout_s is not None else settings.job_timeout_s,
         )
 
+    async def live_engines(self) -> list[EngineInfo]:
+        """Registered engines that are still there: on this host, their pid is alive; elsewhere, their heartbeat
+        is fresh. (A killed engine keeps its row until another engine recovers its jobs.)"""
+        host, now = socket.gethostname(), time.time()
+        return [e for e in await self.store.engines()
+                if (pid_alive(e.pid) if e.host == host else now - e.heartbeat_at < ENGINE_STALE_AFTER_S)]
+
     async def status(self) -> Status:
         return Status(
             counts=await self.store.counts(now=time.time()),
-            engines=await self.store.engines(),
+            engines=await self.live_engines(),
             running=await self.store.running(),
         )
 
@@ -190,7 +200,7 @@ class Queue:
     async def stop_engines(self, *, wait: bool = False, timeout_s: float = 60.0) -> list[EngineInfo]:
         """Ask every engine to stop gracefully: SIGTERM to those on this host, a flag in the store for all
         (seen at their next heartbeat). With wait, return once they are gone (or the timeout passes)."""
-        engines = await self.store.engines()
+        engines = await self.live_engines()
         if not engines:
             return []
         await self.store.request_stop([e.id for e in engines])

@@ -158,9 +158,14 @@ class Engine:
         await self.store.register_engine(EngineInfo(
             id=self.id, host=self.host, pid=os.getpid(), workers=self.options.workers, started_at=now,
             heartbeat_at=now))
-        sock = wakeup.bind(self.options.home, self.id)
         loop = asyncio.get_running_loop()
-        loop.add_reader(sock.fileno(), self._on_datagram, sock)
+        sock: socket.socket | None = None
+        try:
+            sock = wakeup.bind(self.options.home, self.id)
+            loop.add_reader(sock.fileno(), self._on_datagram, sock)
+        except OSError as exc:  # still correct without it: changes are then seen by the 1 s change check
+            self.log.emit("no_wakeups", f"no wake-up socket ({exc}): changes from other shells are seen within "
+                          f"{self.options.change_poll_s:g}s", error=str(exc))
         if handle_signals:
             self._install_signal_handlers()
         background: list[asyncio.Task[None]] = []
@@ -187,10 +192,11 @@ class Engine:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            loop.remove_reader(sock.fileno())
-            sock.close()
-            with contextlib.suppress(OSError):
-                wakeup.socket_path(self.options.home, self.id).unlink()
+            if sock is not None:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+                with contextlib.suppress(OSError):
+                    wakeup.socket_path(self.options.home, self.id).unlink()
             if handle_signals:
                 self._remove_signal_handlers()
             with contextlib.suppress(StoreError):

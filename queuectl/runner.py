@@ -68,25 +68,31 @@ async def _terminate(proc: asyncio.subprocess.Process, kill_grace_s: float) -> N
     await proc.wait()
 
 
-async def _cap_log(path: Path, max_bytes: int) -> None:
-    """Keep a growing log near max_bytes: its head and its newest tail, with a marker between.
-    The child appends (O_APPEND), so cutting the file under it is safe; bytes written during a cut may be lost."""
+def _cut_log(path: Path, max_bytes: int, cut_so_far: int) -> int:
+    """If the log grew past max_bytes, keep its head and its newest tail with a marker between; returns the
+    bytes cut in all. The child appends (O_APPEND), so cutting under it is safe; bytes it writes during the cut
+    may be lost."""
     half = max_bytes // 2
-    cut_total = 0
+    size = path.stat().st_size
+    if size <= max_bytes:
+        return cut_so_far
+    with path.open("r+b") as f:
+        f.seek(size - half)
+        tail = f.read(half)
+        cut_so_far += size - 2 * half
+        f.truncate(half)
+        f.seek(half)
+        f.write(f"\n[queuectl: {cut_so_far} bytes cut to keep this log under {max_bytes} bytes]\n".encode())
+        f.write(tail)
+    return cut_so_far
+
+
+async def _cap_log(path: Path, max_bytes: int, cut: list[int]) -> None:
+    """Keep a growing log near max_bytes while the command runs."""
     while True:
         await asyncio.sleep(_LOG_CHECK_S)
         try:
-            size = path.stat().st_size  # noqa: ASYNC240 - one stat every half second
-            if size <= max_bytes:
-                continue
-            with path.open("r+b") as f:
-                f.seek(size - half)
-                tail = f.read(half)
-                cut_total += size - half - half
-                f.truncate(half)
-                f.seek(half)
-                f.write(f"\n[queuectl: {cut_total} bytes cut to keep this log under {max_bytes} bytes]\n".encode())
-                f.write(tail)
+            cut[0] = _cut_log(path, max_bytes, cut[0])
         except OSError:
             return
 
@@ -129,7 +135,8 @@ async def run_command(
 
     if on_spawn is not None:
         on_spawn(proc.pid)  # the pid is also the process-group id (start_new_session)
-    capper = asyncio.create_task(_cap_log(log_path, log_max_bytes), name="log-cap") if log_max_bytes else None
+    cut = [0]
+    capper = asyncio.create_task(_cap_log(log_path, log_max_bytes, cut), name="log-cap") if log_max_bytes else None
     timed_out = False
     try:
         await asyncio.wait_for(proc.wait(), timeout_s)
@@ -142,6 +149,9 @@ async def run_command(
     finally:
         if capper is not None:
             capper.cancel()
+    if log_max_bytes:  # what was written since the last check: all of it, for a quick command
+        with contextlib.suppress(OSError):
+            _cut_log(log_path, log_max_bytes, cut[0])
     code = proc.returncode
     assert code is not None
     if timed_out:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from queuectl.paths import WAKE_DIR
@@ -15,6 +16,23 @@ from queuectl.paths import WAKE_DIR
 
 def socket_path(home: Path, engine_id: str) -> Path:
     return home / WAKE_DIR / f"{engine_id}.sock"
+
+
+#: sun_path holds 108 bytes; longer paths are reached through the directory's /proc/self/fd entry.
+_MAX_SOCKET_PATH = 100
+
+
+@contextlib.contextmanager
+def _address(directory: Path, name: str) -> Iterator[str]:
+    full = str(directory / name)
+    if len(os.fsencode(full)) < _MAX_SOCKET_PATH:
+        yield full
+        return
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{name}"
+    finally:
+        os.close(fd)
 
 
 def wake_engines(home: Path) -> int:
@@ -32,7 +50,8 @@ def wake_engines(home: Path) -> int:
             if not name.endswith(".sock"):
                 continue
             try:
-                sock.sendto(b"!", str(home / WAKE_DIR / name))
+                with _address(home / WAKE_DIR, name) as address:
+                    sock.sendto(b"!", address)
                 reached += 1
             except BlockingIOError:
                 reached += 1  # its buffer is full of wake-ups already
@@ -53,7 +72,11 @@ def bind(home: Path, engine_id: str) -> socket.socket:
     sock.setblocking(False)
     old = os.umask(0o177)
     try:
-        sock.bind(str(path))
+        with _address(path.parent, path.name) as address:
+            sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
     finally:
         os.umask(old)
     return sock

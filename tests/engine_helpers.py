@@ -39,7 +39,7 @@ TERMINAL = frozenset({JobState.COMPLETED, JobState.DEAD})
 # ---- waiting ----------------------------------------------------------------------------------------------------
 
 
-def wait_until(probe: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "condition") -> T:
+def wait_until(probe: Callable[[], T | None], *, timeout: float, interval: float = 0.05, what: str = "condition") -> T:
     """Call probe until it returns something truthy; fail after `timeout` seconds with `what` and the last value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -88,6 +88,11 @@ def cli(
     )
 
 
+def cli_bytes(home: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    """cli() for output that need not be text (job logs)."""
+    return subprocess.run([*QUEUECTL, *args], env=cli_env(home), capture_output=True, timeout=timeout, check=False)
+
+
 def cli_ok(home: Path, *args: str, **kwargs: Any) -> str:
     """Like cli(), but the command must exit 0; returns its stdout."""
     proc = cli(home, *args, **kwargs)
@@ -111,34 +116,41 @@ def enqueue_many(home: Path, jobs: Iterable[Mapping[str, Any]], *, cwd: Path | N
 
 
 def config_set(home: Path, key: str, value: str) -> None:
-    cli_ok(home, "config", "set", key, value)
+    """Store a config value through the library API (quicker than the CLI; it wakes running engines the same way).
+    Tests about `config set` from another shell call the CLI instead."""
+
+    async def go() -> None:
+        async with Queue(home) as q:
+            await q.config_set(key, value)
+
+    asyncio.run(go())
 
 
 # ---- reading the database through the library API -------------------------------------------------------------------
 
 
-async def _read_jobs(home: Path) -> dict[str, Job]:
+async def jobs_async(home: Path) -> dict[str, Job]:
     async with Queue(home) as q:
         return {j.id: j for j in await q.list_jobs(limit=1_000_000)}
 
 
 def jobs(home: Path) -> dict[str, Job]:
     """Every job of the home's database, by id."""
-    return asyncio.run(_read_jobs(home))
+    return asyncio.run(jobs_async(home))
 
 
 def job(home: Path, job_id: str) -> Job:
     return jobs(home)[job_id]
 
 
-async def _read_attempts(home: Path, job_id: str) -> list[Attempt]:
+async def attempts_async(home: Path, job_id: str) -> list[Attempt]:
     async with Queue(home) as q:
         return await q.store.attempts(job_id)
 
 
 def attempts(home: Path, job_id: str) -> list[Attempt]:
     """Every recorded attempt of a job, oldest first."""
-    return asyncio.run(_read_attempts(home, job_id))
+    return asyncio.run(attempts_async(home, job_id))
 
 
 def _matches(state: JobState, wanted: JobState | Iterable[JobState]) -> bool:
@@ -187,6 +199,12 @@ def read_pids(path: Path) -> list[int]:
         return []
 
 
+def wait_for_pids(path: Path, count: int, *, timeout: float = 10.0) -> list[int]:
+    """Wait until a job has written `count` pids to path (one per line); returns them."""
+    return wait_until(lambda: read_pids(path) if len(read_pids(path)) >= count else None, timeout=timeout,
+                      what=f"{count} pids in {path}")
+
+
 def wait_pids_gone(pids: Iterable[int], *, timeout: float = 5.0) -> None:
     pids = list(pids)
     wait_until(lambda: all(process_gone(p) for p in pids), timeout=timeout,
@@ -232,7 +250,7 @@ class EngineProc:
     """`python -m queuectl run ARGS` as a subprocess; its stderr (the engine log) goes to a file."""
 
     def __init__(self, home: Path, log_path: Path, args: list[str], *, cwd: Path | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, new_session: bool = False) -> None:
         self.home = home
         self.log_path = log_path
         self.args = args
@@ -241,7 +259,7 @@ class EngineProc:
         with open(log_path, "wb") as err, open(log_path.with_suffix(".stdout"), "wb") as out:
             self.proc = subprocess.Popen(
                 [*QUEUECTL, "run", *args], env=cli_env(home, env), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err, cwd=cwd,
+                stderr=err, cwd=cwd, start_new_session=new_session,
             )
 
     @property
@@ -314,11 +332,12 @@ class Engines:
         self.started: list[EngineProc] = []
 
     def start(self, *args: str, workers: int | None = 1, wait: bool = True, cwd: Path | None = None,
-              env: Mapping[str, str] | None = None) -> EngineProc:
-        """Start `queuectl run [--workers N] ARGS`; by default wait for its "started" line."""
+              env: Mapping[str, str] | None = None, new_session: bool = False) -> EngineProc:
+        """Start `queuectl run [--workers N] ARGS`; by default wait for its "started" line. new_session: the engine
+        leads its own session and process group, like a command started from an interactive shell."""
         argv = ([f"--workers={workers}"] if workers is not None else []) + list(args)
         log_path = self.tmp_path / f"engine-{len(self.started) + 1}.log"
-        engine = EngineProc(self.home, log_path, argv, cwd=cwd, env=env)
+        engine = EngineProc(self.home, log_path, argv, cwd=cwd, env=env, new_session=new_session)
         self.started.append(engine)
         if wait:
             engine.wait_started()
@@ -396,7 +415,9 @@ async def engine_in_process(
             yield engine, q, log_stream
         finally:
             if not task.done():
-                engine.request_stop()
+                logged = log_stream.getvalue()
+                if " stopping: " not in logged and '"event": "stopping"' not in logged:  # a 2nd request = fast stop
+                    engine.request_stop()
                 try:
                     await asyncio.wait_for(asyncio.shield(task), stop_timeout)
                 except TimeoutError:

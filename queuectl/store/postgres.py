@@ -42,90 +42,6 @@ logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 #: Schemas made by for_tests start with this.
 TEST_SCHEMA_PREFIX = "queuectl_test_"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_RUNNABLE = "state IN ('pending', 'failed')"
-_STATES = tuple(s.value for s in JobState)
-
-_ENQUEUE = """
-    INSERT INTO jobs (id, command, state, max_retries, priority, run_at, timeout_s, cwd, created_at, updated_at)
-    SELECT id, command, 'pending', max_retries, priority, run_at, timeout_s, cwd, %(now)s, %(now)s
-      FROM unnest(%(ids)s::text[], %(commands)s::text[], %(max_retries)s::integer[], %(priorities)s::bigint[],
-                  %(run_ats)s::float8[], %(timeouts)s::float8[], %(cwds)s::text[])
-           WITH ORDINALITY AS j (id, command, max_retries, priority, run_at, timeout_s, cwd, n)
-     ORDER BY n
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id"""
-
-# One statement: pick (skipping rows other claimers hold), mark, return. The pick walks jobs_claim in order and
-# stops after `limit` rows. `= ANY(ARRAY(...))` rather than `IN (...)`: the pick runs once, first, and the update
-# finds its rows by primary key whatever the planner guesses of the pick's size (with IN, a generic plan for a
-# large table hash-joins the pick against a scan of the whole table).
-_CLAIM = f"""
-    UPDATE jobs SET state = 'processing', engine_id = %(engine)s, started_at = %(now)s, updated_at = %(now)s,
-           runs = runs + 1
-     WHERE seq = ANY(ARRAY(SELECT seq FROM jobs WHERE {_RUNNABLE} AND run_at <= %(now)s
-                           ORDER BY priority DESC, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
-    RETURNING *"""
-
-def _upsert_attempt(source: str) -> str:
-    """INSERT OR REPLACE of attempt rows, as the SQLite store does, from a SELECT."""
-    return (
-        "INSERT INTO attempts (job_id, number, status, engine_id, started_at, finished_at, exit_code, timed_out, "
-        "error, output_tail, log_path) " + source + """
-        ON CONFLICT (job_id, number) DO UPDATE SET status = EXCLUDED.status, engine_id = EXCLUDED.engine_id,
-           started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, exit_code = EXCLUDED.exit_code,
-           timed_out = EXCLUDED.timed_out, error = EXCLUDED.error, output_tail = EXCLUDED.output_tail,
-           log_path = EXCLUDED.log_path""")
-
-
-# The job's move and its attempt row in one statement: the attempt is written only if the engine still held it.
-_HELD = "seq = %(seq)s AND state = 'processing' AND engine_id = %(engine)s AND runs = %(attempt)s"
-_FINISH = f"""
-    WITH done AS (
-        UPDATE jobs SET state = %(state)s, attempts = attempts + 1, run_at = coalesce(%(run_at)s::float8, run_at),
-               finished_at = %(finished_at)s::float8, updated_at = %(ended)s, exit_code = %(exit_code)s::integer,
-               last_error = %(error)s::text, engine_id = NULL
-         WHERE {_HELD}
-        RETURNING id)
-    """ + _upsert_attempt("""
-    SELECT id, %(attempt)s, %(status)s, %(engine)s, %(started)s, %(ended)s, %(exit_code)s::integer, %(timed_out)s,
-           %(error)s::text, %(tail)s::text, %(log_path)s::text FROM done""") + " RETURNING job_id"
-
-_RELEASE = f"""
-    WITH back AS (
-        UPDATE jobs SET state = 'pending', run_at = %(now)s, updated_at = %(now)s, engine_id = NULL
-         WHERE {_HELD}
-        RETURNING id)
-    """ + _upsert_attempt("""
-    SELECT id, %(attempt)s, 'interrupted', %(engine)s, %(started)s, %(now)s, NULL, false, %(reason)s::text, NULL,
-           NULL FROM back""") + " RETURNING job_id"
-
-# Engines that are gone lose their rows; jobs held by an engine without a row (the ones just removed are still
-# visible to this statement's snapshot, hence `IN gone`) get an interrupted attempt and go back to pending.
-_RECOVER = """
-    WITH gone AS (
-        DELETE FROM engines WHERE id = ANY(%(dead)s::text[]) OR heartbeat_at < %(stale)s RETURNING id),
-    orphans AS (
-        SELECT seq, id, engine_id, started_at, runs FROM jobs
-         WHERE state = 'processing'
-           AND (engine_id IS NULL OR engine_id IN (SELECT id FROM gone)
-                OR NOT EXISTS (SELECT 1 FROM engines e WHERE e.id = jobs.engine_id))
-         ORDER BY seq
-           FOR UPDATE OF jobs SKIP LOCKED),
-    noted AS (""" + _upsert_attempt("""
-        SELECT id, runs, 'interrupted', engine_id, coalesce(started_at, %(now)s), %(now)s, NULL, false,
-               'interrupted: engine ' || coalesce(engine_id, 'None')
-               || ' stopped (crashed or killed) during the attempt',
-               NULL, NULL
-          FROM orphans""") + """),
-    back AS (
-        UPDATE jobs SET state = 'pending', run_at = %(now)s, updated_at = %(now)s, engine_id = NULL
-          FROM orphans WHERE jobs.seq = orphans.seq)
-    SELECT id FROM orphans ORDER BY seq"""
-
-_COUNTS = f"""
-    SELECT {", ".join(f"sum({s})::bigint AS {s}" for s in _STATES)},
-           (SELECT run_at FROM jobs WHERE {_RUNNABLE} ORDER BY run_at LIMIT 1) AS oldest_run_at
-      FROM counters"""
 
 
 class PostgresStore(Store):
@@ -287,7 +203,7 @@ class PostgresStore(Store):
                     raise ConflictError(f"job {busy[0]!r} is running and cannot be replaced")
                 if existing:
                     await conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (list(existing),))
-            cur = await conn.execute(_ENQUEUE, params)
+            cur = await conn.execute(schema.ENQUEUE, params)
             inserted = {r["id"] for r in await cur.fetchall()}
             if len(inserted) < len(ids):
                 taken = next((i for i in ids if i not in inserted), None) or _first_duplicate(ids)
@@ -297,7 +213,7 @@ class PostgresStore(Store):
     async def claim_due(self, engine_id: str, *, now: float, limit: int) -> list[Claim]:
         if limit < 1:
             return []
-        rows = await self._rows(_CLAIM, {"engine": engine_id, "now": now, "limit": limit})
+        rows = await self._rows(schema.CLAIM, {"engine": engine_id, "now": now, "limit": limit})
         claims = [Claim(job=Job.from_row(r), attempt=r["runs"]) for r in rows]
         claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.seq))
         return claims
@@ -316,7 +232,7 @@ class PostgresStore(Store):
     ) -> bool:
         status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
             AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
-        rows = await self._rows(_FINISH, {
+        rows = await self._rows(schema.FINISH, {
             "state": state.value, "run_at": run_at, "ended": outcome.finished_at,
             "finished_at": outcome.finished_at if state in (JobState.COMPLETED, JobState.DEAD) else None,
             "exit_code": outcome.exit_code, "error": outcome.error, "seq": claim.job.seq, "engine": engine_id,
@@ -327,8 +243,8 @@ class PostgresStore(Store):
 
     async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
         started = claim.job.started_at if claim.job.started_at is not None else now
-        rows = await self._rows(_RELEASE, {"now": now, "seq": claim.job.seq, "engine": engine_id,
-                                           "attempt": claim.attempt, "started": started, "reason": reason})
+        rows = await self._rows(schema.RELEASE, {"now": now, "seq": claim.job.seq, "engine": engine_id,
+                                                 "attempt": claim.attempt, "started": started, "reason": reason})
         return bool(rows)
 
     async def retry_dead(self, job_ids: Sequence[str] | None, *, now: float) -> list[str]:
@@ -383,13 +299,13 @@ class PostgresStore(Store):
         return [Attempt.from_row(r) for r in rows]
 
     async def counts(self, *, now: float) -> Counts:
-        row = (await self._rows(_COUNTS))[0]
+        row = (await self._rows(schema.COUNTS))[0]
         oldest = row["oldest_run_at"]
         age = now - oldest if oldest is not None and oldest <= now else None
-        return Counts(by_state={JobState(s): int(row[s] or 0) for s in _STATES}, oldest_pending_age_s=age)
+        return Counts(by_state={JobState(s): int(row[s] or 0) for s in schema.STATES}, oldest_pending_age_s=age)
 
     async def next_due(self, *, limit: int) -> list[tuple[float, str]]:
-        rows = await self._rows(f"SELECT run_at, id FROM jobs WHERE {_RUNNABLE} ORDER BY run_at, seq LIMIT %s",
+        rows = await self._rows(f"SELECT run_at, id FROM jobs WHERE {schema.RUNNABLE} ORDER BY run_at, seq LIMIT %s",
                                 (limit,))
         return [(float(r["run_at"]), str(r["id"])) for r in rows]
 
@@ -458,7 +374,7 @@ class PostgresStore(Store):
         return [Job.from_row(r) for r in rows]
 
     async def recover(self, *, now: float, stale_before: float, dead_engine_ids: Collection[str]) -> list[str]:
-        rows = await self._rows(_RECOVER, {"now": now, "stale": stale_before, "dead": list(dead_engine_ids)})
+        rows = await self._rows(schema.RECOVER, {"now": now, "stale": stale_before, "dead": list(dead_engine_ids)})
         return [r["id"] for r in rows]
 
 
@@ -521,14 +437,12 @@ class _Listener:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(Exception):  # any failure means: reconnect (a bug must not end wake-ups)
                 await self._listen()
-            except (StoreError, psycopg.Error, OSError, TimeoutError):
-                pass
-            finally:
-                self.pid = None
-                self._ready.set()  # failed or not, stop holding up subscribe()
-            self._fire()
+            was_up, self.pid = self.pid is not None, None
+            self._ready.set()  # up or not, stop holding up subscribe()
+            if was_up:
+                self._fire()  # notifications may be lost while we are away: look now, and after reconnecting
             await asyncio.sleep(self._backoff_s)
             self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
 
@@ -538,6 +452,8 @@ class _Listener:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
             self.pid = conn.info.backend_pid
             self._backoff_s = self.min_backoff_s
+            if self._ready.is_set():
+                self._fire()  # a reconnection: what changed while we were away?
             self._ready.set()
             while True:
                 async for _ in conn.notifies(timeout=self.check_after_s):

@@ -1,4 +1,5 @@
-"""The PostgreSQL schema as numbered migrations, connection settings, and turning driver errors into one line.
+"""The PostgreSQL schema as numbered migrations, the statements of the operations, connection settings, and
+turning driver errors into one line.
 
 Everything lives in one schema: the first of the connection's search_path (`public` unless the URL says otherwise,
 e.g. `?options=-csearch_path%3Dqueuectl`), created if missing. Table `schema_version` holds one row per migration
@@ -16,7 +17,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
 
-from queuectl.errors import StoreError
+from queuectl.errors import StoreError, StoreFullError, StoreGoneError
 
 #: Counter rows per table: a writer bumps the row of its backend (pid % COUNTER_SLOTS), so concurrent writers
 #: rarely wait on one another's counter row; readers sum them all.
@@ -50,6 +51,10 @@ MIGRATIONS: list[list[str]] = [
             last_error text,
             engine_id text
         )""",
+        # A queue table churns: every job is inserted, updated two or more times and eventually deleted. Vacuum it
+        # after 2% of its rows changed rather than the default 20%, so dead index entries stay few.
+        """ALTER TABLE {s}.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02,
+           autovacuum_vacuum_insert_scale_factor = 0.05)""",
         # Claiming walks this in order and stops after `limit` due rows: its cost does not grow with the table.
         """CREATE INDEX jobs_claim ON {s}.jobs (priority DESC, run_at, seq)
            WHERE state IN ('pending', 'failed')""",
@@ -200,13 +205,13 @@ def store_error(exc: psycopg.Error, where: str, *, connecting: bool = False) -> 
     if connecting:
         return StoreError(f"cannot connect to PostgreSQL {where}: {text}")
     if isinstance(exc, errors.DiskFull):
-        return StoreError(f"PostgreSQL {where}: disk full: {text}")
+        return StoreFullError(f"PostgreSQL {where}: disk full: {text}")
     if isinstance(exc, errors.ReadOnlySqlTransaction):
         return StoreError(f"PostgreSQL {where} is read-only (a standby?): {text}")
     if isinstance(exc, (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)):
         return StoreError(f"PostgreSQL {where}: concurrent update, try again: {text}")
-    if isinstance(exc, errors.UndefinedTable):
-        return StoreError(f"PostgreSQL {where}: queuectl's tables are missing (schema dropped while in use?): {text}")
+    if isinstance(exc, errors.UndefinedTable):  # retrying cannot help
+        return StoreGoneError(f"PostgreSQL {where}: queuectl's tables are gone (schema dropped while in use?): {text}")
     if state.startswith(("08", "57P")) or (isinstance(exc, psycopg.OperationalError) and not state):
         return StoreError(f"lost the connection to PostgreSQL {where}: {text}")
     return StoreError(f"database error on PostgreSQL {where}: {text}")
@@ -294,3 +299,93 @@ async def migrate(conn: Conn, where: str, now: float) -> str:
             await conn.execute(sql.SQL("INSERT INTO {}.schema_version (version, applied_at) VALUES (%s, %s)").format(s),
                                (number + 1, now))
     return schema
+
+
+# ---- the operations' statements (run by PostgresStore; their tables resolve through search_path) --------------------
+
+RUNNABLE = "state IN ('pending', 'failed')"
+STATES = ("pending", "processing", "completed", "failed", "dead")
+
+ENQUEUE = """
+    INSERT INTO jobs (id, command, state, max_retries, priority, run_at, timeout_s, cwd, created_at, updated_at)
+    SELECT id, command, 'pending', max_retries, priority, run_at, timeout_s, cwd, %(now)s, %(now)s
+      FROM unnest(%(ids)s::text[], %(commands)s::text[], %(max_retries)s::integer[], %(priorities)s::bigint[],
+                  %(run_ats)s::float8[], %(timeouts)s::float8[], %(cwds)s::text[])
+           WITH ORDINALITY AS j (id, command, max_retries, priority, run_at, timeout_s, cwd, n)
+     ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id"""
+
+
+# One statement: pick (skipping rows other claimers hold), mark, return. The pick walks jobs_claim in order and
+# stops after `limit` rows. `= ANY(ARRAY(...))` rather than `IN (...)`: the pick runs once, first, and the update
+# finds its rows by primary key whatever the planner guesses of the pick's size (with IN, a generic plan for a
+# large table hash-joins the pick against a scan of the whole table).
+CLAIM = f"""
+    UPDATE jobs SET state = 'processing', engine_id = %(engine)s, started_at = %(now)s, updated_at = %(now)s,
+           runs = runs + 1
+     WHERE seq = ANY(ARRAY(SELECT seq FROM jobs WHERE {RUNNABLE} AND run_at <= %(now)s
+                           ORDER BY priority DESC, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+    RETURNING *"""
+
+
+def _upsert_attempt(source: str) -> str:
+    """INSERT OR REPLACE of attempt rows, as the SQLite store does, from a SELECT."""
+    return (
+        "INSERT INTO attempts (job_id, number, status, engine_id, started_at, finished_at, exit_code, timed_out, "
+        "error, output_tail, log_path) " + source + """
+        ON CONFLICT (job_id, number) DO UPDATE SET status = EXCLUDED.status, engine_id = EXCLUDED.engine_id,
+           started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, exit_code = EXCLUDED.exit_code,
+           timed_out = EXCLUDED.timed_out, error = EXCLUDED.error, output_tail = EXCLUDED.output_tail,
+           log_path = EXCLUDED.log_path""")
+
+
+# The job's move and its attempt row in one statement: the attempt is written only if the engine still held it.
+_HELD = "seq = %(seq)s AND state = 'processing' AND engine_id = %(engine)s AND runs = %(attempt)s"
+FINISH = f"""
+    WITH done AS (
+        UPDATE jobs SET state = %(state)s, attempts = attempts + 1, run_at = coalesce(%(run_at)s::float8, run_at),
+               finished_at = %(finished_at)s::float8, updated_at = %(ended)s, exit_code = %(exit_code)s::integer,
+               last_error = %(error)s::text, engine_id = NULL
+         WHERE {_HELD}
+        RETURNING id)
+    """ + _upsert_attempt("""
+    SELECT id, %(attempt)s, %(status)s, %(engine)s, %(started)s, %(ended)s, %(exit_code)s::integer, %(timed_out)s,
+           %(error)s::text, %(tail)s::text, %(log_path)s::text FROM done""") + " RETURNING job_id"
+
+RELEASE = f"""
+    WITH back AS (
+        UPDATE jobs SET state = 'pending', run_at = %(now)s, updated_at = %(now)s, engine_id = NULL
+         WHERE {_HELD}
+        RETURNING id)
+    """ + _upsert_attempt("""
+    SELECT id, %(attempt)s, 'interrupted', %(engine)s, %(started)s, %(now)s, NULL, false, %(reason)s::text, NULL,
+           NULL FROM back""") + " RETURNING job_id"
+
+# Engines that are gone lose their rows; jobs held by an engine without a row (the ones just removed are still
+# visible to this statement's snapshot, hence `IN gone`) get an interrupted attempt and go back to pending.
+RECOVER = """
+    WITH gone AS (
+        DELETE FROM engines WHERE id = ANY(%(dead)s::text[]) OR heartbeat_at < %(stale)s RETURNING id),
+    orphans AS (
+        SELECT seq, id, engine_id, started_at, runs FROM jobs
+         WHERE state = 'processing'
+           AND (engine_id IS NULL OR engine_id IN (SELECT id FROM gone)
+                OR NOT EXISTS (SELECT 1 FROM engines e WHERE e.id = jobs.engine_id))
+         ORDER BY seq
+           FOR UPDATE OF jobs SKIP LOCKED),
+    noted AS (""" + _upsert_attempt("""
+        SELECT id, runs, 'interrupted', engine_id, coalesce(started_at, %(now)s), %(now)s, NULL, false,
+               'interrupted: engine ' || coalesce(engine_id, 'None')
+               || ' stopped (crashed or killed) during the attempt',
+               NULL, NULL
+          FROM orphans""") + """),
+    back AS (
+        UPDATE jobs SET state = 'pending', run_at = %(now)s, updated_at = %(now)s, engine_id = NULL
+          FROM orphans WHERE jobs.seq = orphans.seq)
+    SELECT id FROM orphans ORDER BY seq"""
+
+COUNTS = f"""
+    SELECT {", ".join(f"sum({s})::bigint AS {s}" for s in STATES)},
+           (SELECT run_at FROM jobs WHERE {RUNNABLE} ORDER BY run_at LIMIT 1) AS oldest_run_at
+      FROM counters"""

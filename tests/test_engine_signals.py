@@ -1,0 +1,344 @@
+"""Real signals to a real engine subprocess: graceful and fast stops, `--grace`, `worker stop`, kill -9 and
+recovery (at start, and by another engine while it runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectl import jobspec
+from queuectl.api import Queue
+from queuectl.models import AttemptStatus, EngineInfo, JobState
+from tests.engine_helpers import (
+    Engines,
+    attempts,
+    attempts_async,
+    await_states,
+    await_until,
+    cli,
+    cli_ok,
+    config_set,
+    engine_in_process,
+    enqueue,
+    enqueue_many,
+    job,
+    jobs,
+    jobs_async,
+    process_gone,
+    run_until_idle,
+    wait_for_pids,
+    wait_for_states,
+    wait_pids_gone,
+    wait_until,
+)
+
+COMPLETED, PENDING, PROCESSING = JobState.COMPLETED, JobState.PENDING, JobState.PROCESSING
+INTERRUPTED, SUCCEEDED = AttemptStatus.INTERRUPTED, AttemptStatus.SUCCEEDED
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def engines(home: Path, tmp_path: Path) -> Iterator[Engines]:
+    with Engines(home, tmp_path) as started:
+        yield started
+
+
+def blocking(work: Path, name: str) -> str:
+    """A job that runs until the file work/<name>.go exists."""
+    return f"touch {work}/{name}.started; while [ ! -f {work}/{name}.go ]; do sleep 0.02; done"
+
+
+def tree(pids: Path, work: Path) -> str:
+    """A job that records its shell's pid and its child's, then waits on a long sleep (unless work/fast exists)."""
+    return f"echo $$ >> {pids}; if [ -f {work}/fast ]; then exit 0; fi; sleep 300 & echo $! >> {pids}; wait"
+
+
+def running_ids(home: Path) -> set[str]:
+    return {i for i, j in jobs(home).items() if j.state == PROCESSING}
+
+
+# ---- graceful stop --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_graceful_stop_claims_nothing_new_lets_running_jobs_finish_and_exits_0(
+    home: Path, work: Path, engines: Engines, sig: signal.Signals
+) -> None:
+    engine = engines.start(workers=2)
+    enqueue(home, blocking(work, "A"), id="A", cwd=work)
+    enqueue(home, blocking(work, "B"), id="B", cwd=work)
+    wait_for_states(home, {"A": PROCESSING, "B": PROCESSING}, timeout=10)
+    enqueue(home, f"touch {work}/C.ran", id="C", cwd=work)  # waits for a free worker
+    engine.send(sig)
+    engine.wait_log(r"stopping", timeout=10)
+    (work / "A.go").touch()
+    wait_for_states(home, {"A": COMPLETED}, timeout=10)  # a worker is free now: a running engine would take C
+    assert engine.returncode is None, "the engine exited before its running job B finished"
+    (work / "B.go").touch()
+    assert engine.wait_exit(timeout=15) == 0
+    found = jobs(home)
+    assert found["B"].state == COMPLETED
+    assert found["C"].state == PENDING
+    assert found["C"].runs == 0
+    assert not (work / "C.ran").exists()
+    last = engine.log_lines()[-1]
+    assert "engine stopped after" in last
+    assert "2 completed" in last
+
+
+def test_ctrl_c_to_the_engines_process_group_stops_it_gracefully_without_reaching_the_jobs(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group: the jobs, each in a session of its own,
+    must not get it, and finish normally during the graceful stop."""
+    engine = engines.start(workers=1, new_session=True)
+    enqueue(home, blocking(work, "J"), id="J", cwd=work)
+    wait_for_states(home, {"J": PROCESSING}, timeout=10)
+    os.killpg(engine.pid, signal.SIGINT)
+    engine.wait_log(r"stopping", timeout=10)
+    (work / "J.go").touch()
+    assert engine.wait_exit(timeout=15) == 0
+    done = job(home, "J")
+    assert done.state == COMPLETED, done.last_error
+    assert done.exit_code == 0
+
+
+def test_second_sigint_stops_fast_and_gives_jobs_back_without_spending_an_attempt(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    config_set(home, "kill-grace", "0.5s")
+    engine = engines.start(workers=2)
+    pids = work / "pids"
+    enqueue(home, tree(pids, work), id="F1", cwd=work)
+    enqueue(home, tree(pids, work), id="F2", cwd=work)
+    wait_for_states(home, {"F1": PROCESSING, "F2": PROCESSING}, timeout=10)
+    seen = wait_for_pids(pids, 4)
+    engine.send(signal.SIGINT)
+    engine.wait_log(r"stopping", timeout=10)
+    assert engine.returncode is None  # the first SIGINT waits for the jobs
+    t0 = time.monotonic()
+    engine.send(signal.SIGINT)
+    code = engine.wait_exit(timeout=15)
+    assert time.monotonic() - t0 < 5, "a second SIGINT must stop now, not wait for the jobs"
+    assert code == 0, engine.log()
+    wait_pids_gone(seen, timeout=5)  # every job's process group was terminated
+    found = jobs(home)
+    for job_id in ("F1", "F2"):
+        assert found[job_id].state == PENDING
+        assert found[job_id].attempts == 0  # not spent
+        assert found[job_id].runs == 1
+        (only,) = attempts(home, job_id)
+        assert only.status == INTERRUPTED
+    assert "2 given back" in engine.log_lines()[-1]
+    # ...and they run again, counting only the new attempt
+    (work / "fast").touch()
+    proc = cli(home, "run", "--workers", "2", "--until-idle", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for job_id in ("F1", "F2"):
+        assert job(home, job_id).state == COMPLETED
+        assert job(home, job_id).attempts == 1
+        assert [a.status for a in attempts(home, job_id)] == [INTERRUPTED, SUCCEEDED]
+
+
+def test_grace_bounds_a_graceful_stop(home: Path, work: Path, engines: Engines) -> None:
+    config_set(home, "kill-grace", "0.5s")
+    engine = engines.start("--grace", "1s", workers=1)
+    pids = work / "pids"
+    enqueue(home, tree(pids, work), id="long", cwd=work)
+    wait_for_states(home, {"long": PROCESSING}, timeout=10)
+    seen = wait_for_pids(pids, 2)
+    t0 = time.monotonic()
+    engine.send(signal.SIGTERM)
+    assert engine.wait_exit(timeout=15) == 0
+    took = time.monotonic() - t0
+    assert 0.9 <= took < 6, f"stopped after {took:.2f}s with --grace 1s"
+    wait_pids_gone(seen, timeout=5)
+    found = job(home, "long")
+    assert found.state == PENDING
+    assert found.attempts == 0
+    assert [a.status for a in attempts(home, "long")] == [INTERRUPTED]
+
+
+# ---- worker stop ----------------------------------------------------------------------------------------------------
+
+
+def test_worker_stop_from_another_process_stops_the_engine(home: Path, engines: Engines) -> None:
+    engine = engines.start(workers=1)
+    out = cli_ok(home, "worker", "stop")
+    assert str(engine.engine_id) in out
+    assert "asked to stop" in out
+    assert engine.wait_exit(timeout=15) == 0
+    assert "engine stopped after" in engine.log_lines()[-1]
+
+
+def test_worker_stop_wait_returns_once_the_engine_has_exited(home: Path, work: Path, engines: Engines) -> None:
+    engine = engines.start(workers=1)
+    enqueue(home, f"sleep 1; echo done > {work}/done", id="finishing", cwd=work)
+    wait_for_states(home, {"finishing": PROCESSING}, timeout=10)
+    proc = cli(home, "worker", "stop", "--wait", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped" in proc.stdout
+    # the running job finished before the engine stopped, and the engine is gone (or leaving this instant)
+    assert job(home, "finishing").state == COMPLETED
+    assert (work / "done").read_text() == "done\n"
+    assert engine.wait_exit(timeout=2) == 0
+    assert json.loads(cli_ok(home, "status", "--json"))["engines"] == []
+
+
+async def test_stop_flag_in_the_store_stops_an_engine_at_its_next_heartbeat(home: Path, work: Path) -> None:
+    """How `worker stop` reaches an engine on another host: a flag in the store, seen at the next heartbeat."""
+    go = work / "go"
+    async with engine_in_process(home, workers=1, heartbeat_interval_s=0.2) as (engine, q, log):
+        await q.enqueue([jobspec.from_mapping({"id": "hb", "command": f"while [ ! -f {go} ]; do sleep 0.02; done",
+                                               "cwd": str(work)})])
+        await await_states(q, {"hb": PROCESSING}, timeout=10)
+        await q.store.request_stop([engine.id])
+        await await_until(lambda: "stop requested by `queuectl worker stop`" in log.getvalue(), timeout=10,
+                          what="the engine to see the stop flag")
+        await q.enqueue([jobspec.from_mapping({"id": "after", "command": "true", "cwd": str(work)})])
+        go.touch()
+        await await_states(q, {"hb": COMPLETED}, timeout=10)
+    assert (await jobs_async(home))["after"].state == PENDING  # claimed nothing once stopping
+
+
+@pytest.mark.parametrize("extra", [[], ["--wait"]])
+def test_worker_stop_without_an_engine_says_so_and_exits_0(home: Path, extra: list[str]) -> None:
+    proc = cli(home, "worker", "stop", *extra, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "no engine is running"
+    assert proc.stderr == ""
+
+
+def test_worker_stop_after_the_engine_was_killed_says_no_engine_is_running(home: Path, engines: Engines) -> None:
+    """A kill -9'd engine leaves its row behind; `worker stop` must not report (or signal) a dead pid."""
+    engine = engines.start(workers=1)
+    engine.kill9()
+    proc = cli(home, "worker", "stop", timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "no engine is running"
+
+
+def test_status_does_not_show_a_killed_engine_as_alive(home: Path, engines: Engines) -> None:
+    engine = engines.start(workers=1)
+    engine.kill9()
+    shown = json.loads(cli_ok(home, "status", "--json"))["engines"]
+    assert [e["id"] for e in shown] == [], f"status lists the killed engine {engine.engine_id} as running"
+
+
+# ---- crash recovery -------------------------------------------------------------------------------------------------
+
+
+def test_kill9_then_restart_loses_nothing_and_reruns_only_the_interrupted_jobs(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    runs = work / "runs"
+    release = work / "release"
+    command = f"echo $QUEUECTL_JOB_ID >> {runs}; while [ ! -f {release} ]; do sleep 0.02; done"
+    ids = enqueue_many(home, ({"id": f"k{n}", "command": command} for n in range(6)), cwd=work)
+    engine = engines.start(workers=2)
+    interrupted = wait_until(lambda: running_ids(home) if len(running_ids(home)) == 2 else None, timeout=10,
+                             what="2 jobs running")
+    wait_until(lambda: (runs.exists() and len(runs.read_text().split()) == 2) or None, timeout=10,
+               what="2 runs recorded")
+    engine.kill9()
+    release.touch()
+    proc = cli(home, "run", "--workers", "2", "--until-idle", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "recovered 2 job(s)" in proc.stderr
+    found = jobs(home)
+    assert {i: j.state for i, j in found.items()} == dict.fromkeys(ids, COMPLETED)
+    ran = runs.read_text().split()
+    for job_id in ids:
+        expected = 2 if job_id in interrupted else 1  # at-least-once: only the jobs running at the kill rerun
+        assert ran.count(job_id) == expected, f"{job_id} ran {ran.count(job_id)} times"
+        assert found[job_id].attempts == 1  # the interrupted attempt is not counted
+        statuses = [a.status for a in attempts(home, job_id)]
+        assert statuses == ([INTERRUPTED, SUCCEEDED] if job_id in interrupted else [SUCCEEDED])
+
+
+def test_restart_after_kill9_kills_the_dead_engines_leftover_job_processes(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    pids = work / "pids"
+    engine = engines.start(workers=1)
+    enqueue(home, tree(pids, work), id="orphaned", cwd=work)
+    first = wait_for_pids(pids, 2)
+    engine.kill9()
+    assert not any(process_gone(p) for p in first)  # the job's own session outlives its engine
+    (work / "fast").touch()
+    proc = cli(home, "run", "--until-idle", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    wait_pids_gone(first, timeout=5)
+    assert job(home, "orphaned").state == COMPLETED
+
+
+def test_running_engine_recovers_a_dead_engines_jobs_within_the_recover_interval(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    doomed = engines.start(workers=2)
+    enqueue(home, f"echo $QUEUECTL_JOB_ID >> {work}/runs; " + blocking(work, "r"), id="r0", cwd=work)
+    enqueue(home, f"echo $QUEUECTL_JOB_ID >> {work}/runs; " + blocking(work, "r"), id="r1", cwd=work)
+    wait_for_states(home, {"r0": PROCESSING, "r1": PROCESSING}, timeout=10)
+    survivor = engines.start(workers=2)  # default settings: recovery sweep every 10 s
+    found = jobs(home)
+    assert {found["r0"].engine_id, found["r1"].engine_id} == {doomed.engine_id}  # not taken from a live engine
+    t0 = time.monotonic()
+    doomed.kill9()
+    (work / "r.go").touch()
+    wait_for_states(home, {"r0": COMPLETED, "r1": COMPLETED}, timeout=30)
+    took = time.monotonic() - t0
+    assert took < 15, f"recovered {took:.1f}s after the kill"
+    assert "recovered 2 job(s)" in survivor.log()
+    assert sorted((work / "runs").read_text().split()) == ["r0", "r0", "r1", "r1"]
+    for job_id in ("r0", "r1"):
+        assert [a.status for a in attempts(home, job_id)] == [INTERRUPTED, SUCCEEDED]
+        assert job(home, job_id).attempts == 1
+        assert attempts(home, job_id)[1].engine_id == survivor.engine_id
+    assert survivor.returncode is None
+
+
+async def _claim_for_fake_engine(home: Path, work: Path, *, heartbeat_age_s: float) -> str:
+    """A job claimed by an engine registered from another host, whose heartbeat is heartbeat_age_s old."""
+    now = time.time()
+    fake = EngineInfo(id="elsewhere-4242-beef", host="another-host.example", pid=4242, workers=1,
+                      started_at=now - heartbeat_age_s, heartbeat_at=now - heartbeat_age_s)
+    async with Queue(home) as q:
+        await q.enqueue([jobspec.from_mapping({"id": "remote", "command": "true", "cwd": str(work)})])
+        await q.store.register_engine(fake)
+        (claim,) = await q.store.claim_due(fake.id, now=time.time(), limit=1)
+        assert claim.job.id == "remote"
+    return fake.id
+
+
+async def test_jobs_of_an_engine_with_a_stale_heartbeat_are_recovered_at_start(home: Path, work: Path) -> None:
+    await _claim_for_fake_engine(home, work, heartbeat_age_s=120)
+    summary, log = await run_until_idle(home, timeout=20)
+    assert summary.recovered == 1
+    assert "recovered 1 job(s)" in log
+    found = (await jobs_async(home))["remote"]
+    assert found.state == COMPLETED
+    assert found.attempts == 1
+    history = await attempts_async(home, "remote")
+    assert [a.status for a in history] == [INTERRUPTED, SUCCEEDED]
+    assert "interrupted" in (history[0].error or "")
+
+
+async def test_jobs_of_a_live_engine_on_another_host_are_left_alone(home: Path, work: Path) -> None:
+    fake_id = await _claim_for_fake_engine(home, work, heartbeat_age_s=0)
+    summary, _log = await run_until_idle(home, timeout=20)
+    assert summary.recovered == 0
+    found = (await jobs_async(home))["remote"]
+    assert found.state == PROCESSING
+    assert found.engine_id == fake_id

@@ -1,0 +1,317 @@
+"""runner.run_command with real processes: exit codes, start failures, signals, timeouts that kill the whole process
+tree, SIGKILL after kill-grace, output streamed to the attempt's log file, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectl.models import Outcome
+from queuectl.runner import TAIL_BYTES, run_command
+from tests.engine_helpers import await_until, process_gone, read_pids, wait_pids_gone
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def leftovers() -> Iterator[list[int]]:
+    """Pids a test saw; whatever still runs of them is killed at teardown (only if a test failed midway)."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if not process_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def run(command: str, cwd: Path, log: Path, *, timeout_s: float | None = 30.0, kill_grace_s: float = 0.5,
+              log_max_bytes: int = 0, env: dict[str, str] | None = None) -> Outcome:
+    return await run_command(command, cwd=str(cwd), env=env if env is not None else dict(os.environ),
+                             log_path=log, timeout_s=timeout_s, kill_grace_s=kill_grace_s, log_max_bytes=log_max_bytes)
+
+
+# ---- exit codes ---------------------------------------------------------------------------------------------------
+
+
+async def test_exit_zero_is_success_with_output_in_log_and_tail(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "job" / "1.log"  # parent directories are created
+    outcome = await run("echo hello; echo oops >&2", work, log)
+    assert outcome.exit_code == 0
+    assert outcome.succeeded
+    assert outcome.error is None
+    assert not outcome.timed_out
+    assert outcome.log_path == str(log)
+    assert log.read_text() == "hello\noops\n"  # stdout and stderr in one file
+    assert outcome.output_tail == "hello\noops\n"
+    assert outcome.started_at <= outcome.finished_at
+
+
+async def test_non_zero_exit_is_a_failure_with_the_code(work: Path, tmp_path: Path) -> None:
+    outcome = await run("echo before; exit 3", work, tmp_path / "a.log")
+    assert outcome.exit_code == 3
+    assert not outcome.succeeded
+    assert outcome.error == "exit code 3"
+    assert outcome.output_tail == "before\n"
+
+
+async def test_missing_command_exits_127_and_says_so(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    outcome = await run("no-such-command-queuectl-test", work, log)
+    assert outcome.exit_code == 127
+    assert not outcome.succeeded
+    assert outcome.error is not None
+    assert "127" in outcome.error
+    assert "not found" in outcome.error
+    assert "no-such-command-queuectl-test" in log.read_text()  # the shell's own message is kept
+
+
+async def test_command_that_cannot_be_executed_exits_126(work: Path, tmp_path: Path) -> None:
+    script = work / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    outcome = await run(str(script), work, tmp_path / "a.log")
+    assert outcome.exit_code == 126
+    assert outcome.error is not None
+    assert "126" in outcome.error
+
+
+async def test_missing_cwd_cannot_start_and_is_recorded(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    missing = tmp_path / "gone"
+    outcome = await run("true", missing, log)
+    assert outcome.exit_code is None
+    assert not outcome.succeeded
+    assert outcome.error is not None
+    assert outcome.error.startswith("cannot start")
+    assert str(missing) in outcome.error
+    assert str(missing) in log.read_text()
+    assert str(missing) in outcome.output_tail
+
+
+async def test_death_by_signal_is_a_failure_naming_the_signal(work: Path, tmp_path: Path) -> None:
+    outcome = await run("kill -KILL $$", work, tmp_path / "a.log")
+    assert outcome.exit_code == -signal.SIGKILL
+    assert not outcome.succeeded
+    assert not outcome.timed_out
+    assert outcome.error == "killed by SIGKILL"
+
+
+async def test_stdin_is_dev_null_and_cwd_is_the_jobs(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    outcome = await run("cat; pwd", work, log, timeout_s=10)  # cat would block forever on an open stdin
+    assert outcome.exit_code == 0
+    assert log.read_text() == f"{work}\n"
+
+
+async def test_environment_is_passed_to_the_command(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    env = {**os.environ, "QUEUECTL_JOB_ID": "job-7", "QUEUECTL_ATTEMPT": "3"}
+    await run('echo "$QUEUECTL_JOB_ID/$QUEUECTL_ATTEMPT"', work, log, env=env)
+    assert log.read_text() == "job-7/3\n"
+
+
+# ---- timeouts -------------------------------------------------------------------------------------------------------
+
+
+async def test_timeout_kills_the_whole_process_tree(work: Path, tmp_path: Path, leftovers: list[int]) -> None:
+    """`sh -c 'sleep 300 & sleep 300 & wait'`, with a grandchild in a subshell too: every pid is gone after."""
+    pids = work / "pids"
+    command = (
+        f"sh -c 'echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; sleep 300 & echo $! >> {pids}; "
+        f"(sleep 300 & echo $! >> {pids}; wait) & wait'"
+    )
+    task = asyncio.create_task(run(command, work, tmp_path / "a.log", timeout_s=1.0, kill_grace_s=0.5))
+    seen = await await_until(lambda: len(read_pids(pids)) == 4 and read_pids(pids), timeout=10,
+                             what="the tree to write its 4 pids")
+    leftovers.extend(seen)
+    assert not any(process_gone(p) for p in seen)
+    outcome = await asyncio.wait_for(task, 20)
+    assert outcome.timed_out
+    assert not outcome.succeeded
+    assert outcome.error == "timed out after 1s"
+    await asyncio.to_thread(wait_pids_gone, seen, timeout=5)
+
+
+async def test_timeout_sends_sigterm_first_and_a_cooperative_command_ends_before_kill_grace(
+    work: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "a.log"
+    command = "trap 'echo got-term; exit 143' TERM; echo ready; while :; do sleep 0.05; done"
+    t0 = time.monotonic()
+    outcome = await run(command, work, log, timeout_s=0.5, kill_grace_s=10)
+    took = time.monotonic() - t0
+    assert outcome.timed_out
+    assert "got-term" in log.read_text()
+    assert took < 5, f"a command that exits on SIGTERM must not wait out the 10 s kill-grace (took {took:.1f}s)"
+
+
+async def test_command_ignoring_sigterm_is_sigkilled_after_kill_grace(
+    work: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    pids = work / "pids"
+    # SIG_IGN is inherited across exec: the sleep children ignore SIGTERM too.
+    command = f"trap '' TERM; echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; wait; wait; wait"
+    t0 = time.monotonic()
+    task = asyncio.create_task(run(command, work, tmp_path / "a.log", timeout_s=0.5, kill_grace_s=1.0))
+    seen = await await_until(lambda: len(read_pids(pids)) == 2 and read_pids(pids), timeout=10,
+                             what="the command to write its pids")
+    leftovers.extend(seen)
+    outcome = await asyncio.wait_for(task, 20)
+    took = time.monotonic() - t0
+    assert outcome.timed_out
+    assert outcome.exit_code == -signal.SIGKILL
+    assert took >= 0.5 + 1.0 - 0.1, f"SIGKILL came before kill-grace ran out ({took:.2f}s)"
+    assert took < 8
+    await asyncio.to_thread(wait_pids_gone, seen, timeout=5)
+
+
+async def test_no_timeout_lets_a_command_run_to_its_end(work: Path, tmp_path: Path) -> None:
+    outcome = await run("sleep 0.3; echo done", work, tmp_path / "a.log", timeout_s=None)
+    assert outcome.succeeded
+    assert outcome.output_tail == "done\n"
+
+
+# ---- output ---------------------------------------------------------------------------------------------------------
+
+
+async def test_output_is_streamed_to_the_log_while_the_command_runs(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    go = work / "go"
+    task = asyncio.create_task(run(f"echo first; while [ ! -f {go} ]; do sleep 0.02; done; echo second", work, log))
+    await await_until(lambda: log.exists() and log.read_text() == "first\n", timeout=10,
+                      what="the first line in the log while the command runs")
+    assert not task.done()
+    go.touch()
+    outcome = await asyncio.wait_for(task, 10)
+    assert outcome.succeeded
+    assert log.read_text() == "first\nsecond\n"
+
+
+async def test_only_a_bounded_tail_is_kept_with_the_attempt(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    outcome = await run("head -c 100000 /dev/zero | tr '\\0' x; echo; echo THE-END", work, log)
+    assert outcome.succeeded
+    assert log.stat().st_size == 100000 + 1 + len("THE-END\n")
+    assert len(outcome.output_tail.encode()) <= TAIL_BYTES
+    assert outcome.output_tail.endswith("x\nTHE-END\n")
+
+
+async def test_non_utf8_output_is_kept_byte_for_byte_and_decoded_leniently(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    outcome = await run(r"printf 'caf\351 \377\376 ok\n'", work, log)
+    assert outcome.succeeded
+    assert log.read_bytes() == b"caf\xe9 \xff\xfe ok\n"
+    assert "\ufffd" in outcome.output_tail
+    assert outcome.output_tail.endswith(" ok\n")
+
+
+async def test_tail_cut_inside_a_multibyte_character_is_still_readable(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    # 3-byte characters: a tail of TAIL_BYTES starts mid-character unless TAIL_BYTES is a multiple of 3
+    outcome = await run("i=0; while [ $i -lt 3000 ]; do printf '\\342\\202\\254'; i=$((i+1)); done", work, log)
+    assert outcome.succeeded
+    assert log.stat().st_size == 9000
+    assert outcome.output_tail.strip("\ufffd").strip("€") == ""
+    assert outcome.output_tail.count("€") >= TAIL_BYTES // 3 - 1
+
+
+async def test_megabytes_of_output_go_to_the_file_not_to_memory(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    size = 48 * 1024 * 1024
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, a high-water mark
+    outcome = await run(f"head -c {size} /dev/zero | tr '\\0' y; echo END", work, log, timeout_s=60)
+    grew_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert outcome.succeeded
+    assert log.stat().st_size == size + 4
+    assert outcome.output_tail.endswith("yyyy\nEND\n") or outcome.output_tail.endswith("yyyyEND\n")
+    assert grew_kib < 16 * 1024, f"runner's memory grew by {grew_kib} KiB for {size} bytes of output"
+
+
+async def test_log_max_bytes_keeps_a_capped_log_with_head_and_tail(work: Path, tmp_path: Path) -> None:
+    """A slow writer: the cap is applied while it runs; the head, a marker and the newest output remain."""
+    log = tmp_path / "a.log"
+    command = ("echo HEAD; i=0; while [ $i -lt 15 ]; do head -c 50000 /dev/zero | tr '\\0' z; echo; "
+               "i=$((i+1)); sleep 0.1; done; echo TAIL-END")
+    outcome = await run(command, work, log, log_max_bytes=100_000)
+    assert outcome.succeeded
+    text = log.read_text()
+    assert text.startswith("HEAD\n")
+    assert "bytes cut to keep this log under 100000 bytes" in text
+    assert text.endswith("TAIL-END\n")
+    assert outcome.output_tail.endswith("TAIL-END\n")
+    assert log.stat().st_size <= 100_000 + 50_000 + 200  # one 0.5 s check interval of writing at most
+
+
+async def test_log_max_bytes_also_bounds_a_command_that_writes_fast_and_exits(work: Path, tmp_path: Path) -> None:
+    """log-max-bytes is "the largest log file per attempt": it must hold for output written in under the
+    capper's check interval too (here 5 MB in a few milliseconds)."""
+    log = tmp_path / "a.log"
+    outcome = await run("echo HEAD; head -c 5000000 /dev/zero | tr '\\0' z; echo; echo TAIL-END", work, log,
+                        log_max_bytes=100_000)
+    assert outcome.succeeded
+    assert log.stat().st_size <= 100_000 + 200, f"log is {log.stat().st_size} bytes with log_max_bytes=100000"
+    assert log.read_text().endswith("TAIL-END\n")
+
+
+async def test_command_closing_stdout_early_is_recorded_normally(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    outcome = await run("echo out; exec 1>&-; echo err-after-close >&2; exec 2>&-; sleep 0.2; exit 4", work, log)
+    assert outcome.exit_code == 4  # the end of output is not the end of the command
+    assert log.read_text() == "out\nerr-after-close\n"
+
+
+async def test_daemon_holding_the_output_open_does_not_block_completion(
+    work: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    """A command that leaves a background process (holding the log fd) completes when its shell exits."""
+    pids = work / "pids"
+    t0 = time.monotonic()
+    outcome = await run(f"sleep 300 & echo $! > {pids}; echo parent-done", work, tmp_path / "a.log")
+    leftovers.extend(read_pids(pids))
+    assert outcome.succeeded
+    assert outcome.output_tail == "parent-done\n"
+    assert time.monotonic() - t0 < 10
+
+
+# ---- cancellation ---------------------------------------------------------------------------------------------------
+
+
+async def test_cancellation_terminates_the_process_group_before_returning(
+    work: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    pids = work / "pids"
+    command = f"echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; (sleep 300 & echo $! >> {pids}; wait) & wait"
+    task = asyncio.create_task(run(command, work, tmp_path / "a.log", timeout_s=None, kill_grace_s=0.5))
+    seen = await await_until(lambda: len(read_pids(pids)) == 3 and read_pids(pids), timeout=10,
+                             what="the command to write its pids")
+    leftovers.extend(seen)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    # the leader is reaped and SIGKILL went to the group before CancelledError came out: at most a moment of dying
+    await asyncio.to_thread(wait_pids_gone, seen, timeout=2)
+
+
+async def test_cancellation_of_a_command_ignoring_sigterm_still_kills_it(
+    work: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    pids = work / "pids"
+    task = asyncio.create_task(run(f"trap '' TERM; echo $$ >> {pids}; while :; do sleep 0.05; done", work,
+                                   tmp_path / "a.log", timeout_s=None, kill_grace_s=0.3))
+    seen = await await_until(lambda: read_pids(pids), timeout=10, what="the command to start")
+    leftovers.extend(seen)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    await asyncio.to_thread(wait_pids_gone, seen, timeout=2)
