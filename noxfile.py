@@ -1,10 +1,10 @@
-"""Sessions: tests (default), lint, typecheck, bench. `nox -s tests lint typecheck` is what CI runs."""
+"""Sessions: tests, lint, typecheck, torture (the defaults, and what CI runs), bench."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "torture"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -14,7 +14,14 @@ PYTHON = "3.11"
 def tests(session: nox.Session) -> None:
     """The whole test suite, on real SQLite files, real processes and (where reachable) a real PostgreSQL."""
     session.install("-e", ".[test,postgres]")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "--ignore=tests/torture", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def torture(session: nox.Session) -> None:
+    """Crash loops, load, storage faults, output floods, fuzzed input: slower, each scenario bounded in time."""
+    session.install("-e", ".[test,postgres]")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/torture", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -32,5 +39,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines measured in the same run. Results in benchmarks/results/."""
-    session.install("-e", ".[postgres]")
+    session.install(".[postgres]")  # not editable: start-up is measured as users get it
     session.run("python", "-m", "benchmarks", *session.posargs)
