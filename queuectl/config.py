@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from queuectl.errors import NotFoundError, ValidationError
-from queuectl.timefmt import human_duration, parse_duration_s
+from queuectl.timefmt import parse_duration_s
 
 
 def _non_negative_int(raw: str, key: str) -> int:
@@ -144,10 +144,3 @@ def resolve(stored: Mapping[str, str], environ: Mapping[str, str] | None = None)
         values[key.field] = key.parse(raw, key.name)
     return Settings(**values)
 
-
-def show(key: Key, raw: str) -> str:
-    """A stored value as a human reads it (durations in short form)."""
-    value = key.parse(raw, key.name)
-    if key.parse in (_duration, _optional_duration):
-        return "none" if value is None else human_duration(value)
-    return raw

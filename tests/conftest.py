@@ -10,6 +10,7 @@ import pytest
 
 from queuectl.store import Store
 from queuectl.store.sqlite import SQLiteStore
+from tests.engine_helpers import Engines
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,21 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "home"
     monkeypatch.setenv("QUEUECTL_HOME", str(path))
     return path
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """Where jobs run and leave their traces."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def engines(home: Path, tmp_path: Path) -> Iterator[Engines]:
+    """Real `queuectl run` subprocesses on this test's home, all stopped at teardown."""
+    with Engines(home, tmp_path) as started:
+        yield started
 
 
 def _postgres_url() -> str:

@@ -49,20 +49,6 @@ COMPLETED, DEAD, FAILED, PENDING, PROCESSING = (JobState.COMPLETED, JobState.DEA
                                                JobState.PENDING, JobState.PROCESSING)
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    """Where jobs run and leave their traces."""
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def engines(home: Path, tmp_path: Path) -> Iterator[Engines]:
-    with Engines(home, tmp_path) as started:
-        yield started
-
-
 @pytest.fixture(autouse=True)
 def _no_stray_jobs(home: Path) -> Iterator[None]:
     yield

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,19 +39,6 @@ from tests.engine_helpers import (
 
 COMPLETED, PENDING, PROCESSING = JobState.COMPLETED, JobState.PENDING, JobState.PROCESSING
 INTERRUPTED, SUCCEEDED = AttemptStatus.INTERRUPTED, AttemptStatus.SUCCEEDED
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def engines(home: Path, tmp_path: Path) -> Iterator[Engines]:
-    with Engines(home, tmp_path) as started:
-        yield started
 
 
 def blocking(work: Path, name: str) -> str:

@@ -19,13 +19,6 @@ from tests.engine_helpers import await_until, process_gone, read_pids, wait_pids
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def leftovers() -> Iterator[list[int]]:
     """Pids a test saw; whatever still runs of them is killed at teardown (only if a test failed midway)."""
     pids: list[int] = []
