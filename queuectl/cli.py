@@ -187,6 +187,13 @@ def worker_stop(
         print(f"{e.id} (pid {e.pid} on {e.host}) {verb}")
 
 
+@app.command()
+def migrate() -> None:
+    """Bring the database's schema up to date (every command also does this when it opens the database)."""
+    call(lambda q: asyncio.sleep(0))
+    print("database schema is up to date")
+
+
 # ---- looking ------------------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from queuectl import config, orphans, retry, wakeup
 from queuectl.aio import finish_even_if_cancelled
-from queuectl.errors import StoreError, StoreFullError, StoreGoneError
+from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUnavailableError
 from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, JobState, Outcome
 from queuectl.paths import attempt_log_path, loose_permissions
@@ -55,7 +55,8 @@ class EngineOptions:
     window: int = 512
     #: Under a storm of changes, the scheduler window is re-read at most this often.
     refill_min_interval_s: float = 0.1
-    #: Consecutive store failures (each retried with backoff) before the engine gives up.
+    #: Consecutive store failures (each retried with backoff) before the engine gives up. A full disk or a lost
+    #: database connection is waited out instead.
     max_store_failures: int = 6
 
 
@@ -418,7 +419,7 @@ class Engine:
             except StoreError as exc:
                 self._note_store_failure(exc)
                 await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 30.0 if isinstance(exc, StoreFullError) else 8.0)
+                delay_s = min(delay_s * 2, 30.0 if isinstance(exc, StoreFullError | StoreUnavailableError) else 8.0)
                 continue
             self._store_failures = 0
             return result
@@ -429,8 +430,10 @@ class Engine:
         self.log.emit("store_error", f"store error ({self._store_failures}): {exc}", error=str(exc))
         if self._fatal is not None:
             return
-        if isinstance(exc, StoreFullError):
-            return  # nothing is lost while we wait: keep retrying until space returns
+        if isinstance(exc, StoreFullError | StoreUnavailableError):
+            # Nothing is lost while we wait: claims fail so nothing new starts, running jobs go on, and their
+            # results are recorded once space or the connection returns.
+            return
         if isinstance(exc, StoreGoneError):
             self._fatal = exc
         elif self._store_failures >= self.options.max_store_failures:

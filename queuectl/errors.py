@@ -32,6 +32,10 @@ class StoreFullError(StoreError):
     """The disk (or the database's size limit) is full: writes fail until space returns."""
 
 
+class StoreUnavailableError(StoreError):
+    """The database server cannot be reached (connection lost or refused): an engine waits and reconnects."""
+
+
 class StoreGoneError(StoreError):
     """The database was removed or replaced under a running engine: retrying cannot help."""
 

@@ -17,7 +17,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
 
-from queuectl.errors import StoreError, StoreFullError, StoreGoneError
+from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUnavailableError
 
 #: Counter rows per table: a writer bumps the row of its backend (pid % COUNTER_SLOTS), so concurrent writers
 #: rarely wait on one another's counter row; readers sum them all.
@@ -203,7 +203,7 @@ def store_error(exc: psycopg.Error, where: str, *, connecting: bool = False) -> 
     text = one_line(exc)
     state = exc.sqlstate or ""
     if connecting:
-        return StoreError(f"cannot connect to PostgreSQL {where}: {text}")
+        return StoreUnavailableError(f"cannot connect to PostgreSQL {where}: {text}")
     if isinstance(exc, errors.DiskFull):
         return StoreFullError(f"PostgreSQL {where}: disk full: {text}")
     if isinstance(exc, errors.ReadOnlySqlTransaction):
@@ -213,7 +213,7 @@ def store_error(exc: psycopg.Error, where: str, *, connecting: bool = False) -> 
     if isinstance(exc, errors.UndefinedTable):  # retrying cannot help
         return StoreGoneError(f"PostgreSQL {where}: queuectl's tables are gone (schema dropped while in use?): {text}")
     if state.startswith(("08", "57P")) or (isinstance(exc, psycopg.OperationalError) and not state):
-        return StoreError(f"lost the connection to PostgreSQL {where}: {text}")
+        return StoreUnavailableError(f"lost the connection to PostgreSQL {where}: {text}")
     return StoreError(f"database error on PostgreSQL {where}: {text}")
 
 

@@ -54,17 +54,21 @@ _INSERT = """INSERT INTO jobs(id, command, state, max_retries, priority, run_at,
 def enqueue(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float, replace: bool) -> list[str]:
     ids = [j.id for j in jobs]
     rows = [(j.id, j.command, j.max_retries, j.priority, j.run_at, j.timeout_s, j.cwd, now, now) for j in jobs]
-    with write_tx(conn):
-        if replace:
-            existing = _states_of(conn, ids)
-            busy = [i for i in ids if existing.get(i) == "processing"]
-            if busy:
-                raise ConflictError(f"job {busy[0]!r} is running and cannot be replaced")
-            for part in _chunks(list(existing)):
-                conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(len(part))})", part)
-        try:
+    try:
+        with write_tx(conn):
+            if replace:
+                existing = _states_of(conn, ids)
+                busy = [i for i in ids if existing.get(i) == "processing"]
+                if busy:
+                    raise ConflictError(f"job {busy[0]!r} is running and cannot be replaced")
+                for part in _chunks(list(existing)):
+                    conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(len(part))})", part)
             conn.executemany(_INSERT, rows)
-        except sqlite3.IntegrityError:
-            taken = next(iter(_states_of(conn, ids)), "?")
-            raise ConflictError(f"job {taken!r} already exists (use --replace to overwrite it)") from None
+    except sqlite3.IntegrityError:
+        # Rolled back by now, so what exists is what existed before this batch.
+        existing = _states_of(conn, ids)
+        taken = next((i for i in ids if i in existing), None)
+        if taken is None:
+            raise ConflictError("the batch holds the same job id twice") from None
+        raise ConflictError(f"job {taken!r} already exists (use --replace to overwrite it)") from None
     return ids
