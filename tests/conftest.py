@@ -1,4 +1,5 @@
-"""Shared fixtures. Every test gets its own data directory under tmp_path and no QUEUECTL_* from the developer."""
+"""Shared fixtures. Every test gets its own data directory under tmp_path and no QUEUECTL_* from the developer
+(QUEUECTL_TEST_* settings for the test run itself are kept)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.engine_helpers import Engines
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
-        if name.startswith("QUEUECTL_"):
+        if name.startswith("QUEUECTL_") and not name.startswith("QUEUECTL_TEST_"):
             monkeypatch.delenv(name)
     yield
 
