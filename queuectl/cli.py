@@ -109,7 +109,10 @@ def enqueue(
             raise ValidationError("give jobs either with --file or as an argument, not both")
         jobs = jobspec.from_json_lines(_read_lines(file))
         if flags:
-            jobs = [jobspec.from_mapping({**_as_mapping(j), **flags}) for j in jobs]
+            # A --delay or --run-at flag replaces each line's due time instead of clashing with it.
+            timing = "delay" in flags or "run_at" in flags
+            jobs = [jobspec.from_mapping({**{k: v for k, v in _as_mapping(j).items() if not (timing and k == "run_at")},
+                                          **flags}) for j in jobs]
     else:
         jobs = [jobspec.from_mapping(jobspec.mapping_from_args(args or [], flags, command_given=_command_given))]
     ids = call(lambda q: q.enqueue(jobs, replace=replace))
@@ -134,7 +137,8 @@ def _as_mapping(job: Any) -> dict[str, Any]:
 # ---- the engine ---------------------------------------------------------------------------------------------
 
 
-def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: str) -> None:
+def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: str,
+                dashboard_port: int | None = None) -> None:
     from queuectl.engine import Engine, EngineOptions
     from queuectl.events import EventLog
 
@@ -145,7 +149,12 @@ def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: s
     grace_s = None if grace is None else parse_duration_s(grace, "--grace")
     options = EngineOptions(home=ctx().home, workers=workers, until_idle=until_idle, grace_s=grace_s)
     log = EventLog(log_format)
-    summary = call(lambda q: Engine(q.store, options, log).run())
+    if dashboard_port is None:
+        summary = call(lambda q: Engine(q.store, options, log).run())
+    else:
+        server = _dashboard_server()
+        summary = call(lambda q: server.engine_with_dashboard(q, Engine(q.store, options, log), port=dashboard_port,
+                                                              log=log))
     log.emit("summary", summary.line(), completed=summary.completed, dead=summary.dead)
 
 
@@ -159,9 +168,14 @@ LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json (o
 
 @app.command()
 def run(workers: WorkersOpt = 1, until_idle: UntilIdleOpt = False, grace: GraceOpt = None,
-        log_format: LogFormatOpt = "text") -> None:
+        log_format: LogFormatOpt = "text",
+        dashboard: Annotated[bool, typer.Option(
+            "--dashboard", help="Also serve the web dashboard on 127.0.0.1 (token: QUEUECTL_DASHBOARD_TOKEN).")]
+        = False,
+        dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="Port of --dashboard.")] = 8765,
+        ) -> None:
     """Run the engine in the foreground. Ctrl-C or SIGTERM stops it gracefully; a second Ctrl-C stops now."""
-    _run_engine(workers, until_idle, grace, log_format)
+    _run_engine(workers, until_idle, grace, log_format, dashboard_port if dashboard else None)
 
 
 @worker_app.command("start")
@@ -309,7 +323,7 @@ def config_get(key: Annotated[str, typer.Argument(help="e.g. max-retries")]) -> 
     print(call(lambda q: q.config_get(key)))
 
 
-@config_app.command("set")
+@config_app.command("set", context_settings={"ignore_unknown_options": True})
 def config_set(key: Annotated[str, typer.Argument(help="e.g. max-retries")],
                value: Annotated[str, typer.Argument(help="e.g. 5")]) -> None:
     """Store a value; running engines use it from their next decision."""
@@ -322,6 +336,78 @@ def config_unset(key: Annotated[str, typer.Argument(help="e.g. max-retries")]) -
     """Back to the default."""
     name = call(lambda q: q.config_unset(key))
     print(f"{name} = {config.KEYS[name].default} (default)")
+
+
+# ---- watching: stats, top, the dashboard ------------------------------------------------------------------------
+
+
+@app.command()
+def stats(
+    since: Annotated[str, typer.Option(help="The window, back from now: 15m, 1h, 7d.")] = "1h",
+    as_json: JsonOpt = False,
+) -> None:
+    """Completed / failed / dead / timed-out counts, success rate, throughput, run-time and queue-wait
+    percentiles, and the busiest commands by failures, over the last --since."""
+    from queuectl.stats import stats_dict, stats_text
+
+    since_s = parse_duration_s(since, "--since")
+    result = call(lambda q: q.stats(since_s))
+    if as_json:
+        output.print_json(stats_dict(result))
+    else:
+        sys.stdout.write("".join(line + "\n" for line in stats_text(result)))
+
+
+@app.command()
+def top(
+    interval: Annotated[str, typer.Option(help="Time between refreshes: 1s, 500ms, 5s.")] = "1s",
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+) -> None:
+    """A live view of the queue, redrawn in place until Ctrl-C: counts, engines, running jobs, jobs per minute,
+    newest failures. Plain text frames when stdout is not a terminal."""
+    import os
+
+    from queuectl import top as top_view
+
+    interval_s = parse_duration_s(interval, "--interval")
+    if interval_s < 0.1:
+        raise ValidationError(f"--interval must be at least 100ms; got {interval!r}")
+    tty = sys.stdout.isatty()
+    color = tty and "NO_COLOR" not in os.environ and os.environ.get("TERM", "") != "dumb"
+    try:
+        call(lambda q: top_view.run(q, interval_s=interval_s, once=once, out=sys.stdout, tty=tty, color=color))
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how top ends
+
+
+def _dashboard_server() -> Any:
+    """queuectl.web.server, or one clear error if the `dashboard` extra is not installed."""
+    try:
+        from queuectl.web import server
+    except ImportError as exc:
+        raise QueueCtlError(f"the dashboard needs its optional dependencies: pip install 'queuectl[dashboard]' "
+                            f"({exc})") from None
+    return server
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs a token.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8765,
+    token: Annotated[str | None, typer.Option(
+        envvar="QUEUECTL_DASHBOARD_TOKEN", help="Required on every request (Bearer header, ?token= or cookie).")]
+    = None,
+) -> None:
+    """Serve the web dashboard and Prometheus /metrics until Ctrl-C."""
+    server = _dashboard_server()
+
+    def ready(url: str) -> None:
+        sys.stdout.write(f"dashboard on {url} (Ctrl-C stops it){' - token required' if token else ''}\n")
+        sys.stdout.flush()
+
+    asyncio.run(server.serve(ctx().home, ctx().database_url, host=host, port=port,
+                             token=server.token_from_env(token), on_ready=ready))
 
 
 def main(argv: list[str] | None = None) -> int:

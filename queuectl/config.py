@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from queuectl.errors import NotFoundError, ValidationError
+from queuectl.errors import ValidationError
 from queuectl.timefmt import parse_duration_s
 
 
@@ -120,7 +120,7 @@ def canonical_key(name: str) -> Key:
     """Accept max-retries, max_retries, MAX_RETRIES."""
     key = KEYS.get(name.strip().lower().replace("_", "-"))
     if key is None:
-        raise NotFoundError(f"unknown config key {name!r}; known keys: {', '.join(KEYS)}")
+        raise ValidationError(f"unknown config key {name!r}; known keys: {', '.join(KEYS)}")
     return key
 
 

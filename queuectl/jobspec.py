@@ -41,6 +41,8 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
 MAX_PRIORITY = 1_000_000
 MAX_RETRIES = 1_000
 MAX_COMMAND_BYTES = 1 << 20
+#: 9999-12-31T00:00:00Z: timefmt.iso() can show any time before it.
+MAX_RUN_AT = 253402214400.0
 
 #: Fields a job object may carry. state/attempts/created_at/updated_at are accepted so that the job objects of
 #: the original assignment can be pasted as they are; they must describe a fresh job and are otherwise ignored.
@@ -113,6 +115,8 @@ def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = Non
         run_at = parse_time(obj["run_at"], "run_at")
     elif obj.get("delay") is not None:
         run_at = now + parse_duration_s(obj["delay"], "delay")
+    if not run_at < MAX_RUN_AT:
+        raise ValidationError(f"run_at must be before the year 10000; got {obj.get('run_at', obj.get('delay'))!r}")
     if "timeout" in obj and "timeout_s" in obj:
         raise ValidationError("give either timeout or timeout_s, not both")
     raw_timeout = obj.get("timeout", obj.get("timeout_s"))

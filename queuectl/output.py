@@ -106,13 +106,26 @@ def jobs_table(jobs: Sequence[Job]) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for name in ("ID", "STATE", "PRI", "TRIES", "RUN AT / FINISHED", "COMMAND", "LAST ERROR"):
-        table.add_column(name, overflow="ellipsis", no_wrap=True, min_width=12 if name == "ID" else None)
+    # Short columns keep their whole width (`queuectl list | grep dead` is laid out 80 wide); COMMAND and, from
+    # 100 columns, LAST ERROR share what is left. Times to the second here; --json and inspect have milliseconds.
+    console = _console()
+    widths = {"ID": max(2, *(len(j.id) for j in jobs)), "STATE": 10,
+              "PRI": max(3, *(len(str(j.priority)) for j in jobs)), "TRIES": 5, "RUN AT / FINISHED": 20}
+    show_error = console.width >= 100
+    rest = max(8, console.width - sum(widths.values()) - 2 * (len(widths) + show_error))
+    widths["COMMAND"] = rest * 2 // 3 if show_error else rest
+    if show_error:
+        widths["LAST ERROR"] = rest - widths["COMMAND"]
+    for name, width in widths.items():
+        table.add_column(name, overflow="ellipsis", no_wrap=True, width=width)
     for job in jobs:
         when = job.finished_at if job.state in (JobState.COMPLETED, JobState.DEAD) else job.run_at
-        table.add_row(job.id, job.state.value, str(job.priority), str(job.attempts), iso(when) or "",
-                      _short(job.command, 40), _short(job.last_error, 30))
-    _console().print(table)
+        cells = [job.id, job.state.value, str(job.priority), str(job.attempts),
+                 (iso(when) or "")[:19] + "Z", _short(job.command, widths["COMMAND"])]
+        if show_error:
+            cells.append(_short(job.last_error, widths["LAST ERROR"]))
+        table.add_row(*cells)
+    console.print(table)
 
 
 def status_text(s: Status) -> None:

@@ -67,7 +67,7 @@ class _TextBuffer(io.TextIOWrapper):
         return raw.getvalue().decode("utf-8", "replace")
 
 
-def run_cli(*args: str, input: str | None = None) -> Result:  # noqa: A002 - mirrors subprocess.run
+def run_cli(*args: str, input: str | None = None) -> Result:
     """Run `queuectl ARGS...` in this process through queuectl.cli.main; stdin is `input` (or empty)."""
     from queuectl.cli import main
 
@@ -99,7 +99,7 @@ def proc_argv(*args: str) -> list[str]:
 def run_proc(
     *args: str,
     home: Path | None,
-    input: str | None = None,  # noqa: A002
+    input: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 60.0,
     cwd: Path | None = None,

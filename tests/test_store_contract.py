@@ -77,12 +77,17 @@ async def snapshot(store: Store) -> tuple[list[Job], dict[JobState, int]]:
 
 
 async def second_instance(store: Store) -> Store:
-    """Another store on the same database (another process, in effect). Known for SQLite; other backends skip."""
+    """Another store on the same database (another process, in effect): SQLite by its path; a server backend by
+    its URL and schema (PostgresStore(url, schema_name=...)); other backends skip."""
+    other: Store
     if isinstance(store, SQLiteStore):
         other = SQLiteStore(store.path)
-        await other.open()
-        return other
-    pytest.skip(f"a second {type(store).__name__} on the same database is not known to this test")
+    elif isinstance(getattr(store, "url", None), str) and hasattr(store, "schema_name"):
+        other = type(store)(store.url, schema_name=store.schema_name)  # type: ignore[attr-defined,call-arg]
+    else:
+        pytest.skip(f"a second {type(store).__name__} on the same database is not known to this test")
+    await other.open()
+    return other
 
 
 # ---- enqueue ----------------------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
@@ -15,6 +16,9 @@ from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, O
 from queuectl.store import sqlite_ops as ops
 from queuectl.store import sqlite_schema, sqlite_tx
 from queuectl.store.base import Store
+
+if TYPE_CHECKING:
+    from queuectl.stats import StatsRow
 
 T = TypeVar("T")
 
@@ -53,10 +57,12 @@ class SQLiteStore(Store):
             return conn
 
         try:
-            # aiosqlite.Connection takes any connector; ours sets the pragmas and migrates in its thread.
-            self._conn = await aiosqlite.Connection(connect, iter_chunk_size=64)
+            conn = await asyncio.to_thread(connect)
         except sqlite3.Error as exc:
             raise store_error(exc, self.path) from None
+        # aiosqlite's connector cannot fail now: a failing one leaves aiosqlite's worker thread behind, and it
+        # then posts to an event loop the CLI has closed ("RuntimeError: Event loop is closed" on stderr).
+        self._conn = await aiosqlite.Connection(lambda: conn, iter_chunk_size=64)
         self._identity = self._file_identity()
 
     def _file_identity(self) -> tuple[int, int] | None:
@@ -161,6 +167,17 @@ class SQLiteStore(Store):
 
     async def recover(self, *, now: float, stale_before: float, dead_engine_ids: Collection[str]) -> list[str]:
         return await self._run(ops.recover, now, stale_before, dead_engine_ids)
+
+    async def stats(
+        self, *, since: float, until: float, samples: int = 0, bucket_s: float | None = None, top: int = 0
+    ) -> StatsRow:
+        return await self._run(ops.stats, since, until, samples, bucket_s, top)
+
+    async def search_jobs(
+        self, *, text: str | None = None, state: JobState | None = None, below_seq: int | None = None,
+        above_seq: int | None = None, limit: int = 50, newest_first: bool = True,
+    ) -> list[Job]:
+        return await self._run(ops.search_jobs, text, state, below_seq, above_seq, limit, newest_first)
 
 
 def _finish(
