@@ -19,12 +19,8 @@ from pathlib import Path
 
 from queuectl import jobspec, paths
 from queuectl.api import Queue
+from queuectl.jobspec import NewJob
 from queuectl.store import sqlite_schema
-
-try:
-    from queuectl.jobspec import NewJob
-except ImportError:  # where it lived before the enqueue fast path moved it
-    from queuectl.models import NewJob  # type: ignore[attr-defined,no-redef,unused-ignore]
 
 PYTHON = sys.executable
 #: The installed console script beside the interpreter (the venv's bin/), else `python -m queuectl`.

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from benchmarks.common import Row, Target, create_home, db_rows, insert_jobs, median, temp_dir
+from benchmarks.common import Row, Target, clean_env, create_home, db_rows, insert_jobs, median, qc, temp_dir
 from queuectl.engine import Engine, EngineOptions
 from queuectl.events import EventLog
 from queuectl.store.sqlite import SQLiteStore
@@ -24,7 +25,13 @@ from queuectl.store.sqlite import SQLiteStore
 JOBS = 2_000
 WORKERS = (4, 16)
 ROUNDS = 3
-SLEEP_JOBS, SLEEP_S, SLEEP_WORKERS = 200, 0.05, 16
+ENGINE_TIMEOUT_S = 300.0
+SLEEP_JOBS, SLEEP_S, SLEEP_WORKERS, SLEEP_ROUNDS = 200, 0.05, 16, 5
+
+
+class Timing(NamedTuple):
+    wall_s: float
+    cpu_s: float  # this process, all threads
 
 
 async def _bare(n_jobs: int, workers: int, command: str) -> None:
@@ -40,73 +47,88 @@ async def _bare(n_jobs: int, workers: int, command: str) -> None:
     await asyncio.gather(*(worker() for _ in range(workers)))
 
 
-def _with_watcher(pidfd: bool, coro: Callable[[], Coroutine[Any, Any, None]]) -> float:
-    """Seconds for one asyncio.run of coro, with the default child watcher or a pidfd one."""
+async def _timed(coro: Coroutine[Any, Any, object]) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    await coro
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
 
-    async def main() -> float:
+
+def bare_loop(n_jobs: int, workers: int, command: str, *, pidfd: bool) -> Timing:
+    """The baseline, with Python 3.11's default child watcher or a pidfd one."""
+
+    async def main() -> Timing:
         if pidfd:
             watcher = asyncio.PidfdChildWatcher()
             watcher.attach_loop(asyncio.get_running_loop())
             asyncio.set_child_watcher(watcher)
-        start = time.perf_counter()
         try:
-            await coro()
+            return await _timed(_bare(n_jobs, workers, command))
         finally:
             asyncio.set_child_watcher(None)  # type: ignore[arg-type]  # None: back to the default
-        return time.perf_counter() - start
 
     return asyncio.run(main())
 
 
-def bare_loop_s(n_jobs: int, workers: int, command: str, *, pidfd: bool) -> float:
-    return _with_watcher(pidfd, lambda: _bare(n_jobs, workers, command))
+def run_engine(home: Path, workers: int) -> Timing:
+    """From the start of Engine.run() to its return with every job done (until_idle)."""
 
-
-def engine_s(home: Path, workers: int) -> float:
-    """Seconds from the start of Engine.run() to its return with every job done (until_idle)."""
-
-    async def main() -> float:
+    async def main() -> Timing:
         store = SQLiteStore(home / "queue.db")
         await store.open()
         try:
             options = EngineOptions(home=home, workers=workers, until_idle=True)
             engine = Engine(store, options, EventLog(stream=io.StringIO()))
-            start = time.perf_counter()
-            await engine.run(handle_signals=False)
-            return time.perf_counter() - start
+            return await asyncio.wait_for(_timed(engine.run(handle_signals=False)), ENGINE_TIMEOUT_S)
         finally:
             await store.close()
 
     return asyncio.run(main())
 
 
-def _engine_round(tmp: Path, tag: str, n_jobs: int, workers: int, command: str) -> float:
+def _engine_round(tmp: Path, tag: str, n_jobs: int, workers: int, command: str) -> Timing:
     home = create_home(tmp / tag)
     insert_jobs(home, n_jobs, command=command, run_at=time.time(), prefix="j")
-    took = engine_s(home, workers)
+    took = run_engine(home, workers)
     done = int(db_rows(home, "SELECT count(*) FROM jobs WHERE state = 'completed'")[0][0])
     if done != n_jobs:
         raise RuntimeError(f"engine completed {done} of {n_jobs} jobs")
     return took
 
 
+def _cli_round(tmp: Path, tag: str, workers: int) -> Timing:
+    """`queuectl run --until-idle` as a user runs it: a new process, start-up and shut-down included."""
+    home = create_home(tmp / tag)
+    insert_jobs(home, JOBS, command="true", run_at=time.time(), prefix="j")
+    start = time.perf_counter()
+    subprocess.run(qc(home, "run", "--workers", str(workers), "--until-idle"), check=True, env=clean_env(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=ENGINE_TIMEOUT_S)
+    return Timing(time.perf_counter() - start, float("nan"))
+
+
 def throughput() -> list[Row]:
-    times: dict[tuple[str, int], list[float]] = {}
+    runs: dict[tuple[str, int], list[Timing]] = {}
     with temp_dir("throughput") as tmp:
         for rnd in range(ROUNDS):
             for w in WORKERS:
-                times.setdefault(("engine", w), []).append(_engine_round(tmp, f"r{rnd}w{w}", JOBS, w, "true"))
-                times.setdefault(("default", w), []).append(bare_loop_s(JOBS, w, "true", pidfd=False))
-                times.setdefault(("pidfd", w), []).append(bare_loop_s(JOBS, w, "true", pidfd=True))
+                runs.setdefault(("engine", w), []).append(_engine_round(tmp, f"r{rnd}w{w}", JOBS, w, "true"))
+                runs.setdefault(("default", w), []).append(bare_loop(JOBS, w, "true", pidfd=False))
+                runs.setdefault(("pidfd", w), []).append(bare_loop(JOBS, w, "true", pidfd=True))
+        for w in WORKERS:
+            runs[("cli", w)] = [_cli_round(tmp, f"cli{w}", w)]
     rows = []
     for w in WORKERS:
-        rate = {k: JOBS / median(v) for (k, ww), v in times.items() if ww == w}
+        rate = {k: JOBS / median([t.wall_s for t in ts]) for (k, ww), ts in runs.items() if ww == w}
+        cpu_us = {k: median([t.cpu_s for t in ts]) / JOBS * 1e6 for (k, ww), ts in runs.items() if ww == w}
         metric = f"{JOBS:,} x `true`, {w} workers, durable"
         rows += [
             Row("throughput", metric, rate["engine"], "jobs/s", rate["default"], "bare loop, default watcher",
                 Target(">=", 0.8)),
             Row("throughput", metric, rate["engine"], "jobs/s", rate["pidfd"], "bare loop, pidfd watcher",
                 Target(">=", 0.8)),
+            Row("throughput", f"{metric}, `queuectl run --until-idle` process (1 run)", rate["cli"], "jobs/s",
+                rate["pidfd"], "bare loop, pidfd watcher"),
+            Row("throughput", f"CPU per job in the spawning process, {w} workers", cpu_us["engine"], "us",
+                cpu_us["pidfd"], "bare loop, pidfd watcher"),
         ]
     return rows
 
@@ -116,9 +138,9 @@ def sleep_jobs() -> list[Row]:
     command = f"sleep {SLEEP_S:g}"
     engine, bare = [], []
     with temp_dir("sleep") as tmp:
-        for rnd in range(ROUNDS):
-            engine.append(_engine_round(tmp, f"r{rnd}", SLEEP_JOBS, SLEEP_WORKERS, command))
-            bare.append(bare_loop_s(SLEEP_JOBS, SLEEP_WORKERS, command, pidfd=True))
+        for rnd in range(SLEEP_ROUNDS):
+            engine.append(_engine_round(tmp, f"r{rnd}", SLEEP_JOBS, SLEEP_WORKERS, command).wall_s)
+            bare.append(bare_loop(SLEEP_JOBS, SLEEP_WORKERS, command, pidfd=True).wall_s)
     metric = f"{SLEEP_JOBS} x `{command}`, {SLEEP_WORKERS} workers, wall"
     return [
         Row("sleep_jobs", metric, median(engine), "s", ideal, "ideal 200*0.05/16", Target("<=", 1.15)),

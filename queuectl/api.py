@@ -6,21 +6,23 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from queuectl import config, jobspec, paths, wakeup
-from queuectl.errors import ConflictError, NotFoundError, ValidationError
+from queuectl.errors import ConflictError, NotFoundError, StoreError, ValidationError
 from queuectl.jobspec import NewJob
 from queuectl.models import TERMINAL_STATES, Attempt, Counts, EngineInfo, Job, JobState
 from queuectl.procs import pid_alive
 from queuectl.store import Store, open_store
+
+if TYPE_CHECKING:
+    from queuectl.stats import Stats, StatsRow
 
 #: An engine on another host whose heartbeat is older than this is gone (the engine's own stale_after_s).
 ENGINE_STALE_AFTER_S = 30.0
@@ -167,8 +169,7 @@ class Queue:
         return purged
 
     def _remove_logs(self, job_ids: Sequence[str]) -> None:
-        for job_id in job_ids:
-            shutil.rmtree(self.home / paths.LOGS_DIR / job_id, ignore_errors=True)
+        paths.remove_logs(self.home, job_ids)
 
     # ---- config ----------------------------------------------------------------------------------------------
 
@@ -222,3 +223,48 @@ class Queue:
                 raise ConflictError(f"engines still running after {timeout_s:g}s")
         return engines
 
+
+    # ---- watching: stats, top, the dashboard, /metrics -----------------------------------------------------------
+
+    async def stats_row(
+        self, *, since: float, until: float, samples: int = 0, bucket_s: float | None = None, top: int = 0
+    ) -> StatsRow:
+        """The store's raw facts about the attempts that finished in [since, until) (see Store.stats)."""
+        if not (since <= until) or samples < 0 or top < 0 or (bucket_s is not None and not bucket_s > 0):
+            raise ValidationError("stats need since <= until, samples >= 0, top >= 0 and bucket_s > 0")
+        try:
+            return await self.store.stats(since=since, until=until, samples=samples, bucket_s=bucket_s, top=top)
+        except NotImplementedError:
+            raise StoreError("stats are not supported by this database backend yet") from None
+
+    async def stats(
+        self, since_s: float, *, samples: int | None = None, bucket_s: float | None = None, top: int = 5
+    ) -> Stats:
+        """Completed / failed / dead / timed-out counts, success rate, throughput, run-time and queue-wait
+        percentiles and the busiest failing commands over the last since_s seconds."""
+        from queuectl.stats import DEFAULT_SAMPLES, summarize
+
+        if not since_s > 0:
+            raise ValidationError(f"the stats window must be longer than 0 s; got {since_s:g}")
+        now = time.time()
+        row = await self.stats_row(since=now - since_s, until=now,
+                                   samples=DEFAULT_SAMPLES if samples is None else samples, bucket_s=bucket_s, top=top)
+        return summarize(row)
+
+    async def search_jobs(
+        self, *, text: str | None = None, state: JobState | None = None, below_seq: int | None = None,
+        above_seq: int | None = None, limit: int = 50, newest_first: bool = True,
+    ) -> list[Job]:
+        """Jobs by enqueue order with keyset paging (below_seq: older, above_seq: newer), optionally in one state
+        and matching text (an id prefix or a piece of the command). See Store.search_jobs."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be from 1 to 1000; got {limit}")
+        if (below_seq is not None and below_seq < 0) or (above_seq is not None and above_seq < 0):
+            raise ValidationError("page bounds must be >= 0")
+        if text is not None and len(text) > 1000:
+            raise ValidationError("search text is longer than 1000 characters")
+        try:
+            return await self.store.search_jobs(text=text or None, state=state, below_seq=below_seq,
+                                                above_seq=above_seq, limit=limit, newest_first=newest_first)
+        except NotImplementedError:
+            raise StoreError("searching jobs is not supported by this database backend yet") from None

@@ -99,7 +99,7 @@ class Engine:
         self.options = options
         self.log = log or EventLog()
         self.host = socket.gethostname()
-        self.id = f"{self.host}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.id = orphans.engine_id(self.host, os.getpid(), secrets.token_hex(4))
         self.summary = Summary()
         self.settings = config.Settings()
         self._heap = DueHeap(options.window)
@@ -205,7 +205,6 @@ class Engine:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
             undo_watcher()
-            orphans.forget_engine(self.options.home, self.id)
         if self._fatal is not None:
             raise self._fatal
         return self.summary
@@ -306,14 +305,14 @@ class Engine:
         timeout_s = job.timeout_s if job.timeout_s is not None else self.settings.job_timeout_s
         self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {_short(job.command)}",
                       job=job.id, attempt=claim.attempt, command=job.command)
-        env = {**self._base_env, "QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(claim.attempt)}
+        env = {**self._base_env, "QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(claim.attempt),
+               orphans.ENGINE_ENV: self.id}
         started_at = time.time()
         try:
             outcome = await run_command(
                 job.command, cwd=job.cwd, env=env, timeout_s=timeout_s,
                 log_path=attempt_log_path(self.options.home, job.id, claim.attempt),
-                kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes,
-                on_spawn=lambda pgid: orphans.track(self.options.home, self.id, job.id, pgid))
+                kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes)
         except asyncio.CancelledError:
             await finish_even_if_cancelled(self._release(claim))
             raise
@@ -321,8 +320,6 @@ class Engine:
             self.log.emit("internal_error", f"{job.id} internal error: {exc!r}", job=job.id, error=repr(exc))
             outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
                               finished_at=time.time())
-        finally:
-            orphans.untrack(self.options.home, self.id, job.id)
         await finish_even_if_cancelled(self._record(claim, outcome))
 
     async def _release(self, claim: Claim) -> None:
@@ -391,11 +388,10 @@ class Engine:
             self.request_stop()
 
     async def _recover(self) -> None:
-        for engine_id in orphans.dead_engines(self.options.home, self.host, self.id):
-            killed = orphans.kill_leftovers(self.options.home, engine_id)
-            if killed:
-                self.log.emit("orphans_killed", f"killed the still-running commands of {len(killed)} job(s) left "
-                              f"by dead engine {engine_id}: {', '.join(killed[:10])}", jobs=killed)
+        killed = orphans.kill_leftovers(self.host, self.id)
+        if killed:
+            self.log.emit("orphans_killed", f"killed the still-running commands of {len(killed)} job(s) left "
+                          f"by a dead engine: {', '.join(killed[:10])}", jobs=killed)
         now = time.time()
         engines = await self.store.engines()
         dead = [e.id for e in engines if e.host == self.host and e.id != self.id and not pid_alive(e.pid)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from queuectl.errors import HomeError
@@ -38,8 +40,24 @@ def ensure_home(home: Path) -> Path:
 
 
 def attempt_log_path(home: Path, job_id: str, attempt: int) -> Path:
-    """One log file per attempt. Job ids are validated to be file-name safe (see jobspec)."""
-    return home / LOGS_DIR / job_id / f"{attempt}.log"
+    """One log file per attempt, all in one directory (a directory per job cost a mkdir per job). Job ids are
+    file-name safe and never contain '#' (see jobspec), so the job of a log file is the part before the '#'."""
+    return home / LOGS_DIR / f"{job_id}#{attempt}.log"
+
+
+def remove_logs(home: Path, job_ids: Iterable[str]) -> None:
+    """Delete every attempt log of these jobs: one scan of the logs directory, however many jobs."""
+    wanted = set(job_ids)
+    if not wanted:
+        return
+    try:
+        entries = list(os.scandir(home / LOGS_DIR))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.partition("#")[0] in wanted:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def loose_permissions(home: Path) -> list[str]:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from queuectl.aio import finish_even_if_cancelled
@@ -97,6 +97,22 @@ async def _cap_log(path: Path, max_bytes: int, cut: list[int]) -> None:
             return
 
 
+def _open_log(path: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:  # the logs directory was removed under a running engine
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return os.open(path, flags, 0o600)
+
+
+def _tail_of(fd: int, nbytes: int = TAIL_BYTES) -> str:
+    size = os.fstat(fd).st_size
+    if not size:
+        return ""
+    return os.pread(fd, nbytes, max(0, size - nbytes)).decode("utf-8", errors="replace")
+
+
 async def run_command(
     command: str,
     *,
@@ -106,64 +122,63 @@ async def run_command(
     timeout_s: float | None,
     kill_grace_s: float,
     log_max_bytes: int = 0,
-    on_spawn: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run to the end (or the timeout) and describe what happened. Never raises for the command's faults;
     on cancellation the process group is terminated before CancelledError propagates."""
     started_at = time.time()
-    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    # The parent keeps the log open: afterwards its size and tail come from this fd, with no reopen or stat.
+    log_fd = _open_log(log_path)
     try:
-        proc = await asyncio.create_subprocess_shell(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,  # the job leads its own process group: a timeout kills its whole tree
-        )
-    except OSError as exc:
-        reason = f"cannot start: {exc.strerror or exc}"
-        if isinstance(exc, FileNotFoundError | NotADirectoryError) and not os.path.isdir(cwd):  # noqa: ASYNC240 - only on a failed start
-            reason = f"cannot start: working directory {cwd} does not exist"
-        os.write(log_fd, f"queuectl: {reason}\n".encode())
-        return Outcome(exit_code=None, error=reason, output_tail=reason, log_path=str(log_path),
-                       started_at=started_at, finished_at=time.time())
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,  # the job leads its own process group: a timeout kills its whole tree
+            )
+        except OSError as exc:
+            reason = f"cannot start: {exc.strerror or exc}"
+            if isinstance(exc, FileNotFoundError | NotADirectoryError) and not os.path.isdir(cwd):  # noqa: ASYNC240 - only on a failed start
+                reason = f"cannot start: working directory {cwd} does not exist"
+            os.write(log_fd, f"queuectl: {reason}\n".encode())
+            return Outcome(exit_code=None, error=reason, output_tail=reason, log_path=str(log_path),
+                           started_at=started_at, finished_at=time.time())
+        cut = [0]  # bytes cut so far, shared with the capping task
+        timed_out = await _wait(proc, timeout_s, kill_grace_s, log_path, log_max_bytes, cut)
+        if log_max_bytes and os.fstat(log_fd).st_size > log_max_bytes:
+            with contextlib.suppress(OSError):  # what was written since the last check: all of it, for a quick command
+                _cut_log(log_path, log_max_bytes, cut[0])
+        tail = _tail_of(log_fd)
     finally:
         os.close(log_fd)
-
-    if on_spawn is not None:
-        on_spawn(proc.pid)  # the pid is also the process-group id (start_new_session)
-    cut = [0]
-    capper = asyncio.create_task(_cap_log(log_path, log_max_bytes, cut), name="log-cap") if log_max_bytes else None
-    timed_out = False
-    try:
-        await asyncio.wait_for(proc.wait(), timeout_s)
-    except TimeoutError:
-        timed_out = True
-        await terminate_group(proc, kill_grace_s)
-    except asyncio.CancelledError:
-        await terminate_group(proc, kill_grace_s)
-        raise
-    finally:
-        if capper is not None:
-            capper.cancel()
-    if log_max_bytes:  # what was written since the last check: all of it, for a quick command
-        with contextlib.suppress(OSError):
-            _cut_log(log_path, log_max_bytes, cut[0])
     code = proc.returncode
     assert code is not None
     if timed_out:
         error: str | None = f"timed out after {timeout_s:g}s"
     else:
         error = None if code == 0 else describe_exit(code)
-    return Outcome(
-        exit_code=code,
-        timed_out=timed_out,
-        error=error,
-        output_tail=read_tail(log_path),
-        log_path=str(log_path),
-        started_at=started_at,
-        finished_at=time.time(),
-    )
+    return Outcome(exit_code=code, timed_out=timed_out, error=error, output_tail=tail, log_path=str(log_path),
+                   started_at=started_at, finished_at=time.time())
+
+
+async def _wait(
+    proc: asyncio.subprocess.Process, timeout_s: float | None, kill_grace_s: float, log_path: Path,
+    log_max_bytes: int, cut: list[int],
+) -> bool:
+    """Wait for the command, capping its log meanwhile; True if it was timed out (and its group terminated)."""
+    capper = asyncio.create_task(_cap_log(log_path, log_max_bytes, cut), name="log-cap") if log_max_bytes else None
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        await terminate_group(proc, kill_grace_s)
+        return True
+    except asyncio.CancelledError:
+        await terminate_group(proc, kill_grace_s)
+        raise
+    finally:
+        if capper is not None:
+            capper.cancel()
+    return False

@@ -396,11 +396,13 @@ def test_delete_several_jobs_and_their_history(home: Path) -> None:
     enqueue_lines('{"id":"d1","command":"x"}')
     move(home, {"d1": "dead"})
     enqueue_lines('{"id":"p1","command":"x"}', '{"id":"keep","command":"x"}')
-    (home / "logs" / "d1").mkdir(parents=True)
-    (home / "logs" / "d1" / "1.log").write_text("old output")
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    (home / "logs" / "d1#1.log").write_text("old output")
+    (home / "logs" / "keep#1.log").write_text("kept")
     assert "deleted 2" in ok("delete", "d1", "p1").out
     assert ids(jobs()) == ["keep"]
-    assert not (home / "logs" / "d1").exists()
+    assert not (home / "logs" / "d1#1.log").exists()
+    assert (home / "logs" / "keep#1.log").exists()
     ok("enqueue", '{"id":"d1","command":"again"}')
     assert job("d1")["attempts_history"] == []
 

@@ -534,7 +534,7 @@ async def test_faulty_commands_are_recorded_and_never_stop_the_engine(home: Path
     binary_log = cli_bytes(home, "logs", "binary")
     assert binary_log.returncode == 0, binary_log.stderr
     assert binary_log.stdout == b"\xff\xfe\x00x\n"  # byte for byte, as the command wrote it
-    huge = (home / "logs" / "huge" / "1.log").stat().st_size
+    huge = (home / "logs" / "huge#1.log").stat().st_size
     assert huge == 8_000_001
     assert daemon.exists()  # the daemon it forked is left to the autouse clean-up (by QUEUECTL_HOME)
 
@@ -543,9 +543,8 @@ async def test_internal_error_for_one_job_fails_that_job_and_the_others_go_on(ho
     async with Queue(home) as q:
         await add(q, "broken", "true", work, max_retries=0)
         await add(q, "fine", "true", work)
-    # A regular file where the job's log directory goes: the engine cannot open the attempt's log.
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    (home / "logs" / "broken").write_text("in the way")
+    # A directory where the attempt's log file goes: the engine cannot open the attempt's log.
+    (home / "logs" / "broken#1.log").mkdir(parents=True)
     summary, log = await run_until_idle(home, workers=1, timeout=20)
     found = await jobs_async(home)
     assert found["fine"].state == COMPLETED
