@@ -127,7 +127,9 @@ async def run_command(
     on cancellation the process group is terminated before CancelledError propagates."""
     started_at = time.time()
     # The parent keeps the log open: afterwards its size and tail come from this fd, with no reopen or stat.
-    log_fd = _open_log(log_path)
+    # Creating a file can take half a millisecond on a journaling file system: done in a thread, the event loop
+    # goes on starting and finishing other jobs meanwhile.
+    log_fd = await asyncio.to_thread(_open_log, log_path)
     try:
         try:
             proc = await asyncio.create_subprocess_shell(
