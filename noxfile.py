@@ -1,10 +1,10 @@
-"""Sessions: tests, lint, typecheck, torture (the defaults, and what CI runs), bench."""
+"""Sessions: tests, lint, typecheck, torture, e2e (the defaults, and what CI runs), bench."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck", "torture"]
+nox.options.sessions = ["tests", "lint", "typecheck", "torture", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -14,7 +14,8 @@ PYTHON = "3.11"
 def tests(session: nox.Session) -> None:
     """The whole test suite, on real SQLite files, real processes and (where reachable) a real PostgreSQL."""
     session.install("-e", ".[test,postgres]")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "--ignore=tests/torture", *session.posargs)
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "--ignore=tests/torture", "--ignore=tests/e2e",
+                *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -39,5 +40,26 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines measured in the same run. Results in benchmarks/results/."""
-    session.install(".[postgres]")  # not editable: start-up is measured as users get it
+    session.install(".[postgres,dashboard]")  # not editable: start-up is measured as users get it
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """The dashboard in a real browser: Debian's chromium, driven by Playwright for Python through its
+    executable_path (never `playwright install`, which downloads a browser). Installs chromium with apt when
+    /usr/bin/chromium is missing. Saves docs/dashboard.png and docs/top.png."""
+    import os
+    import shutil
+
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        if sudo and shutil.which("sudo") is None:
+            session.error("chromium is missing and this user cannot install it: apt-get install chromium as root")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run(*sudo, "apt-get", "update", "-qq", external=True, env=env)
+        session.run(*sudo, "apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
+    session.install("-e", ".[test]", "playwright")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/e2e", *session.posargs,
+                env={"E2E_CHROMIUM": chromium})

@@ -346,8 +346,7 @@ def stats(
     since: Annotated[str, typer.Option(help="The window, back from now: 15m, 1h, 7d.")] = "1h",
     as_json: JsonOpt = False,
 ) -> None:
-    """Completed / failed / dead / timed-out counts, success rate, throughput, run-time and queue-wait
-    percentiles, and the busiest commands by failures, over the last --since."""
+    """Counts, success rate, throughput, run-time and queue-wait percentiles, busiest failing commands."""
     from queuectl.stats import stats_dict, stats_text
 
     since_s = parse_duration_s(since, "--since")
@@ -363,8 +362,7 @@ def top(
     interval: Annotated[str, typer.Option(help="Time between refreshes: 1s, 500ms, 5s.")] = "1s",
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
 ) -> None:
-    """A live view of the queue, redrawn in place until Ctrl-C: counts, engines, running jobs, jobs per minute,
-    newest failures. Plain text frames when stdout is not a terminal."""
+    """A live view of the queue, redrawn until Ctrl-C (plain text frames when stdout is not a terminal)."""
     import os
 
     from queuectl import top as top_view

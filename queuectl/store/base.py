@@ -9,10 +9,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from queuectl.jobspec import NewJob
 from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, Outcome
+
+if TYPE_CHECKING:
+    from queuectl.stats import StatsRow
 
 
 class Store(abc.ABC):
@@ -162,3 +165,49 @@ class Store(abc.ABC):
         """Give back jobs held by engines that are gone: listed as dead, heartbeat older than stale_before,
         or no row at all. Their running attempt is recorded as interrupted (not counted), the job is pending
         and due now, and those engines' rows are removed. Returns the recovered job ids."""
+
+    # ---- watching (stats, top, the dashboard, /metrics) ----------------------------------------------------
+    # Not abstract: a backend without them still works for everything else (the callers report "not supported").
+
+    async def stats(
+        self, *, since: float, until: float, samples: int = 0, bucket_s: float | None = None, top: int = 0
+    ) -> StatsRow:
+        """Facts about the attempts that finished in [since, until), read in one transaction; see StatsRow.
+
+        Work is proportional to the attempts in the window (an index on attempts.finished_at finds them) plus
+        `samples`. On SQLite, as plain SQL (`a` = attempts, `j` = jobs, `W` = `a.finished_at >= :since AND
+        a.finished_at < :until`):
+
+        - attempts by outcome, with run time sum and max:
+          `SELECT status, count(*), sum(finished_at - started_at), max(finished_at - started_at) FROM attempts a
+          WHERE W GROUP BY status` (interrupted attempts are left out of the sum and max);
+        - buried: `SELECT count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE W AND a.status IN
+          ('failed', 'timed_out') AND j.state = 'dead' AND j.runs = a.number`;
+        - if samples > 0, run times: `SELECT finished_at - started_at FROM attempts a WHERE W AND status <>
+          'interrupted' ORDER BY finished_at DESC LIMIT :samples`, and queue waits:
+          `SELECT max(0, a.started_at - j.run_at) FROM attempts a JOIN jobs j ON j.id = a.job_id AND j.runs =
+          a.number WHERE W AND j.state IN ('completed', 'dead') ORDER BY a.finished_at DESC LIMIT :samples`
+          (a finished job keeps the due time of its last attempt in run_at);
+        - if top > 0, the commands with most failed/timed-out attempts (`GROUP BY j.command ORDER BY count(*)
+          DESC, j.command LIMIT :top`) and the newest failed/timed-out attempts with their job's command
+          (LEFT JOIN: the job may be gone; `ORDER BY a.finished_at DESC LIMIT :top`);
+        - if bucket_s is given, `SELECT CAST((finished_at - :since) / :bucket_s AS INTEGER) AS k, status,
+          count(*) ... GROUP BY k, status`, bucket start = since + k * bucket_s.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no stats yet")
+
+    async def search_jobs(
+        self, *, text: str | None = None, state: JobState | None = None, below_seq: int | None = None,
+        above_seq: int | None = None, limit: int = 50, newest_first: bool = True,
+    ) -> list[Job]:
+        """Jobs for the dashboard's table, by enqueue order (seq), at most `limit`:
+
+        `SELECT * FROM jobs WHERE [state = :state] AND [seq < :below_seq] AND [seq > :above_seq]
+        AND [(instr(id, :text) = 1 OR instr(command, :text) > 0)] ORDER BY seq DESC|ASC LIMIT :limit`
+
+        Each bracket applies only when its argument is given. `text` matches a job whose id starts with the text
+        or whose command contains it (case-sensitive; on PostgreSQL `starts_with(id, :text) OR
+        strpos(command, :text) > 0`). Keyset paging: the caller pages with below_seq (older)
+        or above_seq (newer), never OFFSET, and bounds a text search to a seq range (above_seq) so that a search
+        that matches nothing does not read a million rows in one request."""
+        raise NotImplementedError(f"{type(self).__name__} has no search_jobs yet")

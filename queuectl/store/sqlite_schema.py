@@ -96,8 +96,13 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open (creating it 0600 if missing) in autocommit mode; every write transaction says BEGIN IMMEDIATE
     so that the busy handler, not an instant SQLITE_BUSY, meets a concurrent writer."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Create it 0600 if missing. Never open and close an existing database: closing any descriptor of the
+        # file drops every POSIX lock this process holds on it (another connection's too), and another process
+        # could then checkpoint and delete the WAL under that connection.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
