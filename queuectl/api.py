@@ -127,7 +127,8 @@ class Queue:
         is fresh. (A killed engine keeps its row until another engine recovers its jobs.)"""
         host, now = socket.gethostname(), time.time()
         return [e for e in await self.store.engines()
-                if (pid_alive(e.pid) if e.host == host else now - e.heartbeat_at < ENGINE_STALE_AFTER_S)]
+                if (pid_alive(e.pid, started_by=e.started_at) if e.host == host
+                    else now - e.heartbeat_at < ENGINE_STALE_AFTER_S)]
 
     async def status(self) -> Status:
         return Status(
@@ -215,7 +216,7 @@ class Queue:
             ids = {e.id for e in engines}
             while time.monotonic() < deadline:
                 alive = [e for e in await self.store.engines() if e.id in ids]
-                alive = [e for e in alive if e.host != host or pid_alive(e.pid)]
+                alive = [e for e in alive if e.host != host or pid_alive(e.pid, started_by=e.started_at)]
                 if not alive:
                     break
                 await asyncio.sleep(0.1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import signal
@@ -113,6 +114,7 @@ class Engine:
         self._last_refill = 0.0
         self._token = -1
         self._store_failures = 0
+        self._backlog = False
         self._fatal: StoreError | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -214,8 +216,11 @@ class Engine:
             self._wake.clear()
             claimed = 0
             if self._free > 0:
-                claims: list[Claim] = await self._store_call(
-                    lambda: self.store.claim_due(self.id, now=time.time(), limit=self._free), default=list[Claim]())
+                limit = self._free
+                claims = await self._store_call(functools.partial(self._claim, limit), default=list[Claim]())
+                # A full claim means more may be due: the next free worker asks the store again, so the window
+                # (only there to sleep until the next due time) need not be re-read until a claim comes back short.
+                self._backlog = len(claims) == limit
                 for claim in claims:
                     self._free -= 1
                     self._running[claim.job.id] = claim
@@ -227,6 +232,9 @@ class Engine:
             if self.options.until_idle and not claimed and self._free == self.options.workers and await self._idle():
                 return
             await self._sleep(self._sleep_s(now))
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        return await self.store.claim_due(self.id, now=time.time(), limit=limit)
 
     def _sleep_s(self, now: float) -> float | None:
         if self._free == 0:
@@ -267,7 +275,7 @@ class Engine:
             self._on_change()
 
     async def _maybe_refill(self) -> None:
-        if not (self._dirty or self._heap.needs_refill):
+        if not (self._dirty or (self._heap.needs_refill and not self._backlog)):
             return
         if time.monotonic() - self._last_refill < self.options.refill_min_interval_s:
             return
@@ -394,7 +402,8 @@ class Engine:
                           f"by a dead engine: {', '.join(killed[:10])}", jobs=killed)
         now = time.time()
         engines = await self.store.engines()
-        dead = [e.id for e in engines if e.host == self.host and e.id != self.id and not pid_alive(e.pid)]
+        dead = [e.id for e in engines
+                if e.host == self.host and e.id != self.id and not pid_alive(e.pid, started_by=e.started_at)]
         recovered = await self.store.recover(
             now=now, stale_before=now - self.options.stale_after_s, dead_engine_ids=dead)
         if recovered:

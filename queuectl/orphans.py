@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 
-from queuectl.procs import pid_alive
+from queuectl.procs import pid_alive, start_time
 
 ENGINE_ENV = "QUEUECTL_ENGINE_ID"
 _ENGINE_PREFIX = f"{ENGINE_ENV}=".encode()
@@ -53,8 +53,11 @@ def kill_leftovers(host: str, own_id: str) -> list[str]:
         if engine is None or engine == own_id:
             continue
         if engine not in dead:
+            # The engine started before its job did: a process on the engine's pid that started after this job
+            # is a recycled pid, so the engine is gone.
             engine_host, engine_pid = _host_and_pid(engine)
-            dead[engine] = engine_host == host and engine_pid is not None and not pid_alive(engine_pid)
+            dead[engine] = engine_host == host and engine_pid is not None and not pid_alive(
+                engine_pid, started_by=start_time(int(pid)))
         if not dead[engine]:
             continue
         with contextlib.suppress(OSError):

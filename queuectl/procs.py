@@ -2,22 +2,57 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists and is not a zombie (a killed engine whose parent has not reaped
-    it yet still answers kill(pid, 0), but will never heartbeat again)."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from the state field on (the command name before it may itself contain ') ')."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+@functools.cache
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def start_time(pid: int) -> float | None:
+    """When the process started, in Unix seconds (to the clock tick), or None if unknown."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    try:
+        return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, *, started_by: float | None = None) -> bool:
+    """Whether this process still exists: not gone, not a zombie (a killed engine whose parent has not reaped
+    it yet still answers kill(pid, 0)), and, when started_by is given, not a newer process that reuses the pid
+    (pids wrap around at 32768 here)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+        pass
+    fields = _stat_fields(pid)
+    if fields is None:
         return True  # no /proc: trust kill()
-    # The state follows the command name, which is in parentheses and may itself contain ") ".
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+    if fields[0] in (b"Z", b"X"):
+        return False
+    if started_by is not None:
+        started = start_time(pid)
+        if started is not None and started > started_by + 1.0:
+            return False
+    return True

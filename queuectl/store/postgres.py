@@ -17,7 +17,7 @@ import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import psycopg
 from psycopg import sql
@@ -32,6 +32,9 @@ from queuectl.models import Attempt, AttemptStatus, Claim, Counts, EngineInfo, J
 from queuectl.store import postgres_schema as schema
 from queuectl.store.base import Store
 from queuectl.store.postgres_schema import Query
+
+if TYPE_CHECKING:
+    from queuectl.stats import StatsRow
 
 Conn = psycopg.AsyncConnection[DictRow]
 
@@ -374,8 +377,99 @@ class PostgresStore(Store):
         return [Job.from_row(r) for r in rows]
 
     async def recover(self, *, now: float, stale_before: float, dead_engine_ids: Collection[str]) -> list[str]:
-        rows = await self._rows(schema.RECOVER, {"now": now, "stale": stale_before, "dead": list(dead_engine_ids)})
-        return [r["id"] for r in rows]
+        # A leader-only duty: every engine sweeps every 10 s, but only the one whose transaction gets the
+        # schema's recovery lock does the work; the others return [] at once instead of queueing up behind it
+        # (the next sweep, on whichever engine, finds anything left). The lock is transaction-scoped, so an
+        # engine that dies or loses its connection mid-sweep frees it with its rolled-back transaction: there is
+        # no leader row to expire. SQLite needs no such lock: its writers are serialised already.
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) AS leader",
+                                     (schema.RECOVERY_LOCK, self.schema_name))
+            row = await cur.fetchone()
+            if row is None or not row["leader"]:
+                return []
+            cur = await conn.execute(schema.RECOVER, {"now": now, "stale": stale_before,
+                                                      "dead": list(dead_engine_ids)})
+            return [r["id"] for r in await cur.fetchall()]
+
+    # ---- watching ------------------------------------------------------------------------------------------------
+
+    async def stats(
+        self, *, since: float, until: float, samples: int = 0, bucket_s: float | None = None, top: int = 0
+    ) -> StatsRow:
+        from queuectl.stats import FailureRow, StatsRow
+
+        window = {"since": since, "until": until}
+        async with self._conn() as conn, conn.transaction():
+            # One snapshot for every statement (engines keep writing meanwhile), as SQLite's read transaction.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            by_status: dict[str, int] = {}
+            run_sum, run_max = 0.0, None
+            for r in await (await conn.execute(schema.STATS_BY_STATUS, window)).fetchall():
+                by_status[r["status"]] = int(r["n"])
+                if r["status"] != "interrupted":
+                    run_sum += float(r["total"] or 0.0)
+                    if r["longest"] is not None:
+                        run_max = max(float(r["longest"]), run_max or 0.0)
+            row = await (await conn.execute(schema.STATS_BURIED, window)).fetchone()
+            buried = int(row["n"]) if row is not None else 0
+            run_samples: list[float] = []
+            wait_samples: list[float] = []
+            if samples > 0:
+                params = {**window, "samples": samples}
+                run_samples = [float(r["v"]) for r in
+                               await (await conn.execute(schema.STATS_RUN_SAMPLES, params)).fetchall()]
+                wait_samples = [float(r["v"]) for r in
+                                await (await conn.execute(schema.STATS_WAIT_SAMPLES, params)).fetchall()]
+            top_failing: list[tuple[str, int]] = []
+            recent: list[FailureRow] = []
+            if top > 0:
+                params = {**window, "top": top}
+                top_failing = [(str(r["command"]), int(r["n"])) for r in
+                               await (await conn.execute(schema.STATS_TOP_FAILING, params)).fetchall()]
+                recent = [
+                    FailureRow(job_id=r["job_id"], attempt=int(r["number"]), finished_at=float(r["finished_at"]),
+                               status=r["status"], exit_code=r["exit_code"], error=r["error"], command=r["command"])
+                    for r in await (await conn.execute(schema.STATS_RECENT_FAILURES, params)).fetchall()
+                ]
+            series: list[tuple[float, int, int]] = []
+            if bucket_s is not None and bucket_s > 0:
+                buckets: dict[int, list[int]] = {}
+                for r in await (await conn.execute(schema.STATS_SERIES, {**window, "bucket_s": bucket_s})).fetchall():
+                    counts = buckets.setdefault(int(r["k"]), [0, 0])
+                    if r["status"] == "succeeded":
+                        counts[0] += int(r["n"])
+                    elif r["status"] in ("failed", "timed_out"):
+                        counts[1] += int(r["n"])
+                series = [(since + k * bucket_s, ok, bad) for k, (ok, bad) in sorted(buckets.items())]
+        return StatsRow(since=since, until=until, attempts=by_status, buried=buried, run_sum_s=run_sum,
+                        run_max_s=run_max, run_samples=run_samples, wait_samples=wait_samples,
+                        top_failing=top_failing, recent_failures=recent, series=series)
+
+    async def search_jobs(
+        self, *, text: str | None = None, state: JobState | None = None, below_seq: int | None = None,
+        above_seq: int | None = None, limit: int = 50, newest_first: bool = True,
+    ) -> list[Job]:
+        where: list[str] = []
+        params: dict[str, object] = {"limit": limit}
+        if state is not None:
+            where.append("state = %(state)s")
+            params["state"] = JobState(state).value
+        if below_seq is not None:
+            where.append("seq < %(below)s")
+            params["below"] = below_seq
+        if above_seq is not None:
+            where.append("seq > %(above)s")
+            params["above"] = above_seq
+        if text:
+            # Case-sensitive, no pattern characters: what SQLite's instr() does.
+            where.append("(starts_with(id, %(text)s) OR strpos(command, %(text)s) > 0)")
+            params["text"] = text
+        query = "SELECT * FROM jobs"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT %(limit)s"
+        return [Job.from_row(r) for r in await self._rows(query, params)]
 
 
 async def _lock_states(conn: Conn, ids: Sequence[str]) -> dict[str, str]:

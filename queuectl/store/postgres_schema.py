@@ -24,6 +24,9 @@ from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUna
 COUNTER_SLOTS = 32
 #: First key of the advisory lock taken while migrating (second: hashtext(schema)). "queu" in ASCII.
 MIGRATION_LOCK = 0x71756575
+#: First key of the advisory lock of the leader-only duties (second: hashtext(schema)): a recovery sweep runs
+#: only in the transaction that holds it, so sweeps on many engines run one at a time. "qrec" in ASCII.
+RECOVERY_LOCK = 0x71726563
 #: Tables a migration creates: their presence without schema_version means another program's schema.
 OWN_TABLES = ("jobs", "attempts", "counters", "config", "engines", "schema_version")
 
@@ -149,6 +152,12 @@ MIGRATIONS: list[list[str]] = [
             heartbeat_at double precision NOT NULL,
             stop_requested boolean NOT NULL DEFAULT false
         )""",
+    ],
+    # 2: stats() reads the attempts that finished in a window: by finish time, with what its aggregates need
+    # carried in the index (an index-only scan where the visibility map allows); job_id and number are read from
+    # the heap for the joins.
+    [
+        "CREATE INDEX attempts_finished ON {s}.attempts (finished_at) INCLUDE (status, started_at)",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -389,3 +398,47 @@ COUNTS = f"""
     SELECT {", ".join(f"sum({s})::bigint AS {s}" for s in STATES)},
            (SELECT run_at FROM jobs WHERE {RUNNABLE} ORDER BY run_at LIMIT 1) AS oldest_run_at
       FROM counters"""
+
+
+# ---- stats and search (the dashboard, `queuectl stats`, `top`): see Store.stats and Store.search_jobs ----------------
+
+#: The attempts that finished in [since, until): a range scan of attempts_finished.
+_WINDOW = "a.finished_at >= %(since)s AND a.finished_at < %(until)s"
+_FAILED = "a.status IN ('failed', 'timed_out')"
+
+STATS_BY_STATUS = f"""
+    SELECT a.status, count(*) AS n, sum(a.finished_at - a.started_at) AS total,
+           max(a.finished_at - a.started_at) AS longest
+      FROM attempts a WHERE {_WINDOW} GROUP BY a.status"""
+
+STATS_BURIED = f"""
+    SELECT count(*) AS n FROM attempts a JOIN jobs j ON j.id = a.job_id
+     WHERE {_WINDOW} AND {_FAILED} AND j.state = 'dead' AND j.runs = a.number"""
+
+STATS_RUN_SAMPLES = f"""
+    SELECT a.finished_at - a.started_at AS v FROM attempts a
+     WHERE {_WINDOW} AND a.status <> 'interrupted'
+     ORDER BY a.finished_at DESC, a.job_id DESC, a.number DESC LIMIT %(samples)s"""
+
+STATS_WAIT_SAMPLES = f"""
+    SELECT GREATEST(0.0, a.started_at - j.run_at) AS v FROM attempts a
+      JOIN jobs j ON j.id = a.job_id AND j.runs = a.number
+     WHERE {_WINDOW} AND j.state IN ('completed', 'dead') AND a.status <> 'interrupted'
+     ORDER BY a.finished_at DESC, a.job_id DESC, a.number DESC LIMIT %(samples)s"""
+
+# COLLATE "C": ties broken by the command's bytes, as SQLite does, whatever the database's collation.
+STATS_TOP_FAILING = f"""
+    SELECT j.command, count(*) AS n FROM attempts a JOIN jobs j ON j.id = a.job_id
+     WHERE {_WINDOW} AND {_FAILED}
+     GROUP BY j.command ORDER BY n DESC, j.command COLLATE "C" LIMIT %(top)s"""
+
+STATS_RECENT_FAILURES = f"""
+    SELECT a.job_id, a.number, a.finished_at, a.status, a.exit_code, a.error, j.command
+      FROM attempts a LEFT JOIN jobs j ON j.id = a.job_id
+     WHERE {_WINDOW} AND {_FAILED}
+     ORDER BY a.finished_at DESC, a.job_id DESC, a.number DESC LIMIT %(top)s"""
+
+# trunc(), not a cast: casting a double to an integer rounds on PostgreSQL, where SQLite's CAST truncates.
+STATS_SERIES = f"""
+    SELECT trunc((a.finished_at - %(since)s) / %(bucket_s)s)::bigint AS k, a.status, count(*) AS n
+      FROM attempts a WHERE {_WINDOW} GROUP BY k, a.status"""
