@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 #: An engine on another host whose heartbeat is older than this is gone (the engine's own stale_after_s).
 ENGINE_STALE_AFTER_S = 30.0
+#: SQLite's largest integer: a larger --limit or --offset cannot even be passed to it.
+_MAX_SQL_INT = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +107,8 @@ class Queue:
     async def list_jobs(
         self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
     ) -> list[Job]:
-        if limit < 1 or offset < 0:
-            raise ValidationError("limit must be >= 1 and offset >= 0")
+        if not 1 <= limit <= _MAX_SQL_INT or not 0 <= offset <= _MAX_SQL_INT:
+            raise ValidationError(f"limit must be from 1 to {_MAX_SQL_INT} and offset from 0 to {_MAX_SQL_INT}")
         return await self.store.list_jobs(state=state, limit=limit, offset=offset, oldest_first=oldest_first)
 
     async def settings(self) -> config.Settings:

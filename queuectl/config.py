@@ -61,7 +61,7 @@ def _size_bytes(raw: str, key: str) -> int:
         value = float(number)
     except ValueError:
         value = -1.0
-    if unit not in _SIZE_UNITS or not math.isfinite(value) or value < 0:
+    if unit not in _SIZE_UNITS or not math.isfinite(value * _SIZE_UNITS.get(unit, 1)) or value < 0:
         raise ValidationError(f"{key} must be a size like 0, 500000, 64MiB or 1GiB; got {raw!r}")
     return int(value * _SIZE_UNITS[unit])
 

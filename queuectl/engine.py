@@ -109,6 +109,9 @@ class Engine:
         self._free = options.workers
         self._running: dict[str, Claim] = {}
         self._stopping = False
+        self._stop_requested = asyncio.Event()
+        # What is due is decided by the wall clock, which can be stepped back; _due_now never goes back.
+        self._wall_seen, self._mono_seen = time.time(), time.monotonic()
         self._fast = False
         self._dirty = True
         self._last_refill = 0.0
@@ -129,6 +132,7 @@ class Engine:
             fast = True
         if not self._stopping:
             self._stopping = True
+            self._stop_requested.set()
             self.log.emit("stopping", f"engine {self.id} stopping: waiting for {len(self._running)} running "
                           "job(s) to finish (send SIGINT again to stop them now)", engine=self.id)
             if self.options.grace_s is not None:
@@ -217,7 +221,8 @@ class Engine:
             claimed = 0
             if self._free > 0:
                 limit = self._free
-                claims = await self._store_call(functools.partial(self._claim, limit), default=list[Claim]())
+                claims = await self._store_call(functools.partial(self._claim, limit), default=list[Claim](),
+                                                stop_on_request=True)
                 # A full claim means more may be due: the next free worker asks the store again, so the window
                 # (only there to sleep until the next due time) need not be re-read until a claim comes back short.
                 self._backlog = len(claims) == limit
@@ -226,7 +231,7 @@ class Engine:
                     self._running[claim.job.id] = claim
                     self._queue.put_nowait(claim)
                 claimed = len(claims)
-            now = time.time()
+            now = self._due_now()
             self._heap.pop_due(now)
             await self._maybe_refill()
             if self.options.until_idle and not claimed and self._free == self.options.workers and await self._idle():
@@ -234,7 +239,15 @@ class Engine:
             await self._sleep(self._sleep_s(now))
 
     async def _claim(self, limit: int) -> list[Claim]:
-        return await self.store.claim_due(self.id, now=time.time(), limit=limit)
+        return await self.store.claim_due(self.id, now=self._due_now(), limit=limit)
+
+    def _due_now(self) -> float:
+        """Wall-clock time that decides what is due, never going back while the engine runs: after the clock is
+        stepped back, due jobs still run (delayed ones may run early by the step) instead of stalling."""
+        wall, mono = time.time(), time.monotonic()
+        now = max(wall, self._wall_seen + (mono - self._mono_seen))
+        self._wall_seen, self._mono_seen = now, mono
+        return now
 
     def _sleep_s(self, now: float) -> float | None:
         if self._free == 0:
@@ -253,7 +266,7 @@ class Engine:
             await asyncio.wait_for(self._wake.wait(), timeout_s)
 
     async def _idle(self) -> bool:
-        counts = await self._store_call(lambda: self.store.counts(now=time.time()), default=None)
+        counts = await self._store_call(lambda: self.store.counts(now=self._due_now()), default=None)
         if counts is None:
             return False
         return counts.by_state.get(JobState.FAILED, 0) == 0 and counts.oldest_pending_age_s is None
@@ -415,15 +428,28 @@ class Engine:
 
     # ---- store failures ---------------------------------------------------------------------------------------
 
-    async def _store_call(self, op: Callable[[], Awaitable[T]], *, default: T) -> T:
-        """Retry a store operation with backoff; after max_store_failures in a row, stop the engine."""
+    async def _store_call(
+        self, op: Callable[[], Awaitable[T]], *, default: T, stop_on_request: bool = False
+    ) -> T:
+        """Retry a store operation with backoff; after max_store_failures of it in a row (a heartbeat succeeding
+        meanwhile does not reset the count), stop the engine. A claim (stop_on_request) gives up once a stop is
+        requested, so that SIGTERM is obeyed while the database fails."""
         delay_s = 0.5
+        failures = 0
         while self._fatal is None:
             try:
                 result = await op()
             except StoreError as exc:
+                failures += 1
+                self._store_failures = max(self._store_failures, failures - 1)
                 self._note_store_failure(exc)
-                await asyncio.sleep(delay_s)
+                if stop_on_request:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop_requested.wait(), delay_s)
+                    if self._stopping:
+                        return default
+                else:
+                    await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 30.0 if isinstance(exc, StoreFullError | StoreUnavailableError) else 8.0)
                 continue
             self._store_failures = 0
