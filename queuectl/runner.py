@@ -18,7 +18,7 @@ from queuectl.models import Outcome
 #: Bytes of the end of the log kept with the attempt in the store.
 TAIL_BYTES = 4096
 #: How often a capped log is checked.
-_LOG_CHECK_S = 0.5
+_LOG_CHECK_S = 0.1
 
 
 def describe_exit(code: int) -> str:
