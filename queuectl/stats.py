@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from queuectl.timefmt import human_duration, iso
@@ -64,6 +64,21 @@ class StatsRow:
     #: (bucket start, succeeded, failed + timed out) for every `bucket_s` bucket of the window that had
     #: attempts, oldest first; buckets start at `since + k * bucket_s`. Empty unless bucket_s was given.
     series: list[tuple[float, int, int]]
+
+
+def fold_series(
+    rows: Iterable[tuple[int, str, int]], *, since: float, bucket_s: float
+) -> list[tuple[float, int, int]]:
+    """(bucket number, attempt status, count) rows, as both stores' queries give them, into
+    (bucket start, succeeded, failed or timed out), oldest first."""
+    buckets: dict[int, list[int]] = {}
+    for k, status, n in rows:
+        counts = buckets.setdefault(int(k), [0, 0])
+        if status == "succeeded":
+            counts[0] += int(n)
+        elif status in ("failed", "timed_out"):
+            counts[1] += int(n)
+    return [(since + k * bucket_s, ok, bad) for k, (ok, bad) in sorted(buckets.items())]
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:

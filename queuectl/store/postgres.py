@@ -397,7 +397,7 @@ class PostgresStore(Store):
     async def stats(
         self, *, since: float, until: float, samples: int = 0, bucket_s: float | None = None, top: int = 0
     ) -> StatsRow:
-        from queuectl.stats import FailureRow, StatsRow
+        from queuectl.stats import FailureRow, StatsRow, fold_series
 
         window = {"since": since, "until": until}
         async with self._conn() as conn, conn.transaction():
@@ -434,14 +434,8 @@ class PostgresStore(Store):
                 ]
             series: list[tuple[float, int, int]] = []
             if bucket_s is not None and bucket_s > 0:
-                buckets: dict[int, list[int]] = {}
-                for r in await (await conn.execute(schema.STATS_SERIES, {**window, "bucket_s": bucket_s})).fetchall():
-                    counts = buckets.setdefault(int(r["k"]), [0, 0])
-                    if r["status"] == "succeeded":
-                        counts[0] += int(r["n"])
-                    elif r["status"] in ("failed", "timed_out"):
-                        counts[1] += int(r["n"])
-                series = [(since + k * bucket_s, ok, bad) for k, (ok, bad) in sorted(buckets.items())]
+                rows = await (await conn.execute(schema.STATS_SERIES, {**window, "bucket_s": bucket_s})).fetchall()
+                series = fold_series(((r["k"], r["status"], r["n"]) for r in rows), since=since, bucket_s=bucket_s)
         return StatsRow(since=since, until=until, attempts=by_status, buried=buried, run_sum_s=run_sum,
                         run_max_s=run_max, run_samples=run_samples, wait_samples=wait_samples,
                         top_failing=top_failing, recent_failures=recent, series=series)

@@ -271,7 +271,7 @@ _FAILED = "a.status IN ('failed', 'timed_out')"
 def stats(
     conn: sqlite3.Connection, since: float, until: float, samples: int, bucket_s: float | None, top: int
 ) -> StatsRow:
-    from queuectl.stats import FailureRow, StatsRow
+    from queuectl.stats import FailureRow, StatsRow, fold_series
 
     window = (since, until)
     # A read transaction: every statement sees the same snapshot (WAL: the engine keeps writing meanwhile).
@@ -321,17 +321,11 @@ def stats(
             ]
         series: list[tuple[float, int, int]] = []
         if bucket_s is not None and bucket_s > 0:
-            buckets: dict[int, list[int]] = {}
-            for r in conn.execute(
+            rows = conn.execute(
                 f"""SELECT CAST((a.finished_at - ?) / ? AS INTEGER) AS k, a.status AS status, count(*) AS n
                     FROM attempts a INDEXED BY attempts_finished WHERE {_WINDOW} GROUP BY k, a.status""",
-                (since, bucket_s, *window)):
-                counts = buckets.setdefault(int(r["k"]), [0, 0])
-                if r["status"] == "succeeded":
-                    counts[0] += int(r["n"])
-                elif r["status"] in ("failed", "timed_out"):
-                    counts[1] += int(r["n"])
-            series = [(since + k * bucket_s, ok, bad) for k, (ok, bad) in sorted(buckets.items())]
+                (since, bucket_s, *window))
+            series = fold_series(((r["k"], r["status"], r["n"]) for r in rows), since=since, bucket_s=bucket_s)
     finally:
         conn.execute("COMMIT")
     return StatsRow(since=since, until=until, attempts=by_status, buried=buried, run_sum_s=run_sum,
