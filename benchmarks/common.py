@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from queuectl import jobspec, paths
 from queuectl.api import Queue
@@ -189,3 +191,43 @@ def engine_process(home: Path, *args: str, ready_timeout_s: float = 30.0) -> Ite
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("benchmark", "metric", "measured", "baseline", "ratio", "target", "result")
+    lines = [header]
+    for r in rows:
+        verdict = "info" if r.passed is None else ("PASS" if r.passed else "MISS")
+        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+        baseline = "-" if r.baseline is None else f"{_fmt(r.baseline)} {r.unit} ({r.baseline_label})"
+        lines.append((r.bench, r.metric, f"{_fmt(r.value)} {r.unit}", baseline, ratio,
+                      r.target.text(r.unit) if r.target else "-", verdict))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for n, line in enumerate(lines):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def finish_report(rows: list[Row], report: dict[str, Any], failed: list[str], filename: str) -> int:
+    """Print the table and the verdict, write the JSON report under results/; exit status 1 if a benchmark failed
+    to run (a MISS is a finding, not an error)."""
+    report["load_avg_at_end"] = os.getloadavg()
+    print_table(rows)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / filename).write_text(json.dumps(report, indent=2) + "\n")
+    misses = [r for r in rows if r.passed is False]
+    print(f"\n{sum(r.passed is True for r in rows)} pass, {len(misses)} miss, {len(failed)} failed to run"
+          f"{': ' + ', '.join(failed) if failed else ''}; results in {RESULTS / filename}")
+    return 1 if failed else 0

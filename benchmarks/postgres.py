@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import random
@@ -43,11 +42,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from benchmarks.common import PYTHON, Row, Target, clean_env, median, percentile, temp_dir, wait_until
+from benchmarks.common import PYTHON, Row, Target, clean_env, finish_report, median, percentile, temp_dir, wait_until
+from benchmarks.latency import spawn_floor_ms
 from queuectl.jobspec import NewJob
 from queuectl.store.postgres import PostgresStore
 
-RESULTS = Path(__file__).parent / "results"
 ENGINES, WORKERS = 4, 8
 SCHEMA_PREFIX = "queuectl_bench_"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -412,27 +411,6 @@ def claim_latency(samples: int, million: int, schemas: Schemas) -> tuple[list[Ro
 # ---- pickup latency --------------------------------------------------------------------------------------------------
 
 
-def spawn_floor_ms(tmp: Path, samples: int = 20) -> list[float]:
-    async def main() -> list[float]:
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.set_child_watcher(watcher)
-        out = []
-        try:
-            for i in range(samples):
-                path = tmp / f"floor{i}"
-                start = time.time()
-                proc = await asyncio.create_subprocess_shell(f"exec date +%s.%N > {shlex.quote(str(path))}")
-                await proc.wait()
-                out.append((float(path.read_text()) - start) * 1000)
-                await asyncio.sleep(0.01)
-        finally:
-            asyncio.set_child_watcher(None)  # type: ignore[arg-type]
-        return out
-
-    return asyncio.run(main())
-
-
 def pickup_latency(samples: int, schemas: Schemas) -> tuple[list[Row], dict[str, Any]]:
     _schema, url = schemas.new("pickup")
     with temp_dir("pg-pickup") as tmp:
@@ -479,8 +457,6 @@ def pickup_latency(samples: int, schemas: Schemas) -> tuple[list[Row], dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.__main__ import print_table
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.postgres", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=3000, help="jobs per throughput round (default 3000)")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds (default 2)")
@@ -534,14 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "details": details, "error": name in failed}
     finally:
         schemas.drop_all()
-    report["load_avg_at_end"] = os.getloadavg()
-    print_table(rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "postgres.json").write_text(json.dumps(report, indent=2) + "\n")
-    misses = [r for r in rows if r.passed is False]
-    print(f"\n{sum(r.passed is True for r in rows)} pass, {len(misses)} miss, {len(failed)} failed to run; "
-          f"results in {RESULTS / 'postgres.json'}")
-    return 1 if failed else 0
+    return finish_report(rows, report, failed, "postgres.json")
 
 
 if __name__ == "__main__":
