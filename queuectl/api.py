@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from queuectl import config, jobspec, paths, wakeup
+from queuectl import config, paths, wakeup
 from queuectl.errors import ConflictError, NotFoundError, StoreError, ValidationError
 from queuectl.jobspec import NewJob
 from queuectl.models import TERMINAL_STATES, Attempt, Counts, EngineInfo, Job, JobState
@@ -95,9 +95,6 @@ class Queue:
         ids = await self.store.enqueue(jobs, now=time.time(), replace=replace)
         await self._wake()
         return ids
-
-    async def enqueue_json(self, text: str, *, replace: bool = False) -> str:
-        return (await self.enqueue([jobspec.from_json(text)], replace=replace))[0]
 
     # ---- reading ---------------------------------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ class Ctx:
         return api.Queue(self.home, self.database_url)
 
 
+#: Where `queuectl dashboard` and `run --dashboard` listen by default.
+DASHBOARD_PORT = 8765
 _ctx: Ctx | None = None
 _command_given = False
 
@@ -172,7 +174,7 @@ def run(workers: WorkersOpt = 1, until_idle: UntilIdleOpt = False, grace: GraceO
         dashboard: Annotated[bool, typer.Option(
             "--dashboard", help="Also serve the web dashboard on 127.0.0.1 (token: QUEUECTL_DASHBOARD_TOKEN).")]
         = False,
-        dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="Port of --dashboard.")] = 8765,
+        dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="Port of --dashboard.")] = DASHBOARD_PORT,
         ) -> None:
     """Run the engine in the foreground. Ctrl-C or SIGTERM stops it gracefully; a second Ctrl-C stops now."""
     _run_engine(workers, until_idle, grace, log_format, dashboard_port if dashboard else None)
@@ -392,7 +394,7 @@ def _dashboard_server() -> Any:
 def dashboard(
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs a token.")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8765,
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = DASHBOARD_PORT,
     token: Annotated[str | None, typer.Option(
         envvar="QUEUECTL_DASHBOARD_TOKEN", help="Required on every request (Bearer header, ?token= or cookie).")]
     = None,

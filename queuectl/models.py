@@ -19,18 +19,21 @@ class JobState(enum.StrEnum):
     DEAD = "dead"  # retries spent: the dead-letter queue
 
 
-#: States a job can be claimed from (once its run_at has passed).
-RUNNABLE_STATES = frozenset({JobState.PENDING, JobState.FAILED})
 #: States a job never leaves by itself.
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD})
 
 
 class AttemptStatus(enum.StrEnum):
-    RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # non-zero exit, signal, could not start
     TIMED_OUT = "timed_out"
     INTERRUPTED = "interrupted"  # engine crashed or was stopped fast; does not count against retries
+
+
+def _own_fields(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's columns that are fields of cls (a store row may carry more, like `runs` or `seq`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: row[k] for k in row.keys() if k in names}  # noqa: SIM118 - sqlite3.Row iterates values, not keys
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,13 +77,10 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: row[k] for k in row.keys() if k in names}  # noqa: SIM118 - sqlite3.Row has no __iter__ of keys
+        values = _own_fields(cls, row)
         values["state"] = JobState(values["state"])
         return cls(**values)
 
-    def evolve(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,8 +110,7 @@ class Attempt:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: row[k] for k in row.keys() if k in names}  # noqa: SIM118
+        values = _own_fields(cls, row)
         values["status"] = AttemptStatus(values["status"])
         values["timed_out"] = bool(values.get("timed_out"))
         return cls(**values)
@@ -158,8 +157,7 @@ class EngineInfo:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: row[k] for k in row.keys() if k in names}  # noqa: SIM118
+        values = _own_fields(cls, row)
         values["stop_requested"] = bool(values.get("stop_requested"))
         return cls(**values)
 

@@ -35,19 +35,6 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def read_tail(path: Path, nbytes: int = TAIL_BYTES) -> str:
-    """The last bytes of a file, decoded leniently (job output may be any bytes)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - nbytes))
-            data = f.read(nbytes)
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")
-
-
 def kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from queuectl.events import EventLog
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 
 
 class _Server(uvicorn.Server):
