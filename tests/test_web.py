@@ -428,6 +428,15 @@ def test_a_browser_trades_the_token_for_a_session_cookie(guarded: Site) -> None:
     assert get(guarded.at(f"/api/status?token={TOKEN}")).status == 200
 
 
+@pytest.mark.parametrize("args", [["dashboard", "--port", "99999"], ["dashboard", "--port", "-1"],
+                                  ["run", "--until-idle", "--dashboard", "--dashboard-port", "70000"]])
+def test_a_port_out_of_range_is_a_usage_error(home: Path, args: list[str]) -> None:
+    make_queue(home)
+    refused = run_proc(*args, home=home)
+    assert refused.code == 2 and refused.err.strip().startswith("queuectl: error: port must be from 0 to 65535")
+    assert len(refused.err.strip().splitlines()) == 1
+
+
 def test_listening_beyond_loopback_needs_a_token(home: Path) -> None:
     make_queue(home)
     refused = run_proc("dashboard", "--host", "0.0.0.0", "--port", "0", home=home)

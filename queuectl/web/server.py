@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from queuectl.api import Queue
-from queuectl.errors import QueueCtlError
+from queuectl.errors import QueueCtlError, ValidationError
 from queuectl.web.app import SEARCH_WINDOW, create_app
 from queuectl.web.security import TOKEN_ENV, Guard, check_bind, is_loopback
 
@@ -51,7 +51,7 @@ def token_from_env(token: str | None) -> str | None:
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free port), or one clear QueueCtlError."""
     if not 0 <= port <= 65535:
-        raise QueueCtlError(f"port must be from 0 to 65535; got {port}")
+        raise ValidationError(f"port must be from 0 to 65535; got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
