@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Self
 
 from queuectl import config, paths, wakeup
 from queuectl.errors import ConflictError, NotFoundError, StoreError, ValidationError
-from queuectl.jobspec import NewJob
-from queuectl.models import TERMINAL_STATES, Attempt, Counts, EngineInfo, Job, JobState
+from queuectl.jobspec import NewJob, check_name
+from queuectl.models import TERMINAL_STATES, Attempt, Counts, CronEntry, EngineInfo, Job, JobState, QueueInfo, Webhook
 from queuectl.procs import pid_alive
 from queuectl.store import Store, open_store
 
@@ -35,6 +35,7 @@ class Status:
     counts: Counts
     engines: list[EngineInfo]
     running: list[Job]
+    queues: list[QueueInfo] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,11 @@ class JobDetail:
     #: max_retries as it applies now (the job's own, or the configured default).
     effective_max_retries: int
     effective_timeout_s: float | None
+
+
+def _check_concurrency(concurrency: int) -> None:
+    if not 0 <= concurrency <= 100_000:
+        raise ValidationError(f"--concurrency must be from 0 (no limit of its own) to 100000; got {concurrency}")
 
 
 def parse_state(value: str) -> JobState:
@@ -83,16 +89,19 @@ class Queue:
             await self._store.close()
             self._store = None
 
-    async def _wake(self) -> None:
-        wakeup.wake_engines(self.home)
+    async def _wake(self, message: bytes = wakeup.CHANGED) -> None:
+        wakeup.wake_engines(self.home, message)
         await self.store.notify_change()
 
     # ---- enqueue ---------------------------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[NewJob], *, replace: bool = False) -> list[str]:
+    async def enqueue(self, jobs: Sequence[NewJob], *, replace: bool = False, if_exists: str = "error") -> list[str]:
+        """Add jobs; with if_exists="ignore", a job whose unique key is held by an active job gives that job's id."""
+        if if_exists not in {"error", "ignore"}:
+            raise ValidationError(f"--if-exists takes error or ignore; got {if_exists!r}")
         if not jobs:
             return []
-        ids = await self.store.enqueue(jobs, now=time.time(), replace=replace)
+        ids = await self.store.enqueue(jobs, now=time.time(), replace=replace, if_exists=if_exists)
         await self._wake()
         return ids
 
@@ -102,11 +111,17 @@ class Queue:
         return await self.store.get(job_id)
 
     async def list_jobs(
-        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
+        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False,
+        queue: str | None = None, tag: str | None = None,
     ) -> list[Job]:
         if not 1 <= limit <= _MAX_SQL_INT or not 0 <= offset <= _MAX_SQL_INT:
             raise ValidationError(f"limit must be from 1 to {_MAX_SQL_INT} and offset from 0 to {_MAX_SQL_INT}")
-        return await self.store.list_jobs(state=state, limit=limit, offset=offset, oldest_first=oldest_first)
+        if queue is not None:
+            check_name(queue, "queue name")
+        if tag is not None:
+            check_name(tag, "a tag")
+        return await self.store.list_jobs(state=state, limit=limit, offset=offset, oldest_first=oldest_first,
+                                          queue=queue, tag=tag)
 
     async def settings(self) -> config.Settings:
         return config.resolve(await self.store.config_items())
@@ -134,6 +149,7 @@ class Queue:
             counts=await self.store.counts(now=time.time()),
             engines=await self.live_engines(),
             running=await self.store.running(),
+            queues=await self.store.queues(),
         )
 
     async def log_path(self, job_id: str, attempt: int | None = None) -> tuple[Job, int, Path]:
@@ -170,6 +186,89 @@ class Queue:
 
     def _remove_logs(self, job_ids: Sequence[str]) -> None:
         paths.remove_logs(self.home, job_ids)
+
+    # ---- queues, pause, cancel, wait -------------------------------------------------------------------------
+
+    async def queues(self) -> list[QueueInfo]:
+        return await self.store.queues()
+
+    async def queue_add(self, name: str, *, concurrency: int = 0) -> bool:
+        check_name(name, "queue name")
+        _check_concurrency(concurrency)
+        added = await self.store.queue_add(name, concurrency=concurrency)
+        await self._wake()
+        return added
+
+    async def queue_set(self, name: str, *, concurrency: int) -> None:
+        check_name(name, "queue name")
+        _check_concurrency(concurrency)
+        await self.store.queue_set(name, concurrency=concurrency)
+        await self._wake()  # a raised limit lets engines start more at once
+
+    async def set_paused(self, names: Sequence[str] | None, *, paused: bool) -> list[str]:
+        """Pause (running jobs go on, no new starts) or resume queues; None = every queue."""
+        for name in names or ():
+            check_name(name, "queue name")
+        changed = await self.store.set_paused(names, paused=paused)
+        await self._wake()
+        return changed
+
+    async def cancel(self, job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Cancel jobs: returns (cancelled, being terminated by their engine)."""
+        if not job_ids:
+            raise ValidationError("give the ids of the jobs to cancel")
+        done, running = await self.store.cancel(list(dict.fromkeys(job_ids)), now=time.time())
+        await self._wake(wakeup.CANCEL if running else wakeup.CHANGED)
+        return done, running
+
+    async def wait(self, job_ids: Sequence[str], *, timeout_s: float | None = None,
+                   poll_s: float = 0.05) -> dict[str, JobState]:
+        """Block until every job has ended (completed, dead or cancelled); returns their states. NotFoundError
+        for an unknown id (also one deleted meanwhile); TimeoutError when timeout_s passes first."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            raise ValidationError("give the ids of the jobs to wait for")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            states = await self.store.job_states(ids)
+            missing = [i for i in ids if i not in states]
+            if missing:
+                raise NotFoundError(f"no job {missing[0]!r}")
+            if all(s in TERMINAL_STATES for s in states.values()):
+                return states
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
+            await asyncio.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+    # ---- cron entries, webhooks ----------------------------------------------------------------------------
+
+    async def cron_add(self, entry: CronEntry) -> CronEntry:
+        await self.store.cron_add(entry)
+        await self._wake()
+        return entry
+
+    async def crons(self) -> list[CronEntry]:
+        return await self.store.crons()
+
+    async def cron_remove(self, name: str) -> None:
+        await self.store.cron_remove(name)
+        await self._wake()
+
+    async def cron_set_paused(self, name: str, *, paused: bool) -> None:
+        await self.store.cron_set_paused(name, paused=paused, now=time.time())
+        await self._wake()
+
+    async def webhook_add(self, url: str, *, events: Sequence[str], secret: str | None) -> int:
+        webhook_id = await self.store.webhook_add(url, events=events, secret=secret, now=time.time())
+        await self._wake()
+        return webhook_id
+
+    async def webhooks(self) -> list[Webhook]:
+        return await self.store.webhooks()
+
+    async def webhook_remove(self, webhook_id: int) -> None:
+        await self.store.webhook_remove(webhook_id)
+        await self._wake()
 
     # ---- config ----------------------------------------------------------------------------------------------
 

@@ -101,10 +101,28 @@ def enqueue(
     = None,
     replace: Annotated[bool, typer.Option(help="Overwrite an existing job with the same id (not if running).")]
     = False,
+    queue: Annotated[str | None, typer.Option(help="Named queue (default: default).")] = None,
+    after: Annotated[list[str] | None, typer.Option(
+        "--after", help="Run once these jobs have completed: ID[,ID...] (repeatable).")] = None,
+    unique_key: Annotated[str | None, typer.Option(
+        "--unique-key", help="Refuse (or see --if-exists) while an active job has this key.")] = None,
+    if_exists: Annotated[str, typer.Option(
+        "--if-exists", help="With --unique-key: error (exit 1) or ignore (print the existing job's id).")]
+    = "error",
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE for the command (repeatable).")]
+    = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends; exit 0 if it completed, else 1.")]
+    = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Like --wait, printing the job's output as it comes.")]
+    = False,
 ) -> None:
     """Add jobs. Prints each job's id."""
-    given = {"id": job_id, "priority": priority, "delay": delay, "run_at": run_at, "timeout": timeout,
-             "max_retries": max_retries}
+    given: dict[str, Any] = {"id": job_id, "priority": priority, "delay": delay, "run_at": run_at,
+                             "timeout": timeout, "max_retries": max_retries, "queue": queue,
+                             "unique_key": unique_key, "tags": tag,
+                             "after": [i for a in after for i in a.split(",") if i.strip()] if after else None,
+                             "env": dict(jobspec.parse_env_entry(e) for e in env) if env else None}
     flags = {k: v for k, v in given.items() if v is not None}
     if file is not None:
         if args:
@@ -117,8 +135,17 @@ def enqueue(
                                           **flags}) for j in jobs]
     else:
         jobs = [jobspec.from_mapping(jobspec.mapping_from_args(args or [], flags, command_given=_command_given))]
-    ids = call(lambda q: q.enqueue(jobs, replace=replace))
+    if (wait or follow) and len(jobs) != 1:
+        raise ValidationError("--wait and --follow take one job, not a --file of them")
+    ids = call(lambda q: q.enqueue(jobs, replace=replace, if_exists=if_exists))
     sys.stdout.write("".join(f"{i}\n" for i in ids))
+    if wait or follow:
+        from queuectl.cli_sched import wait_exit_code
+        from queuectl.follow import follow_job
+
+        sys.stdout.flush()
+        states = call(lambda q: follow_job(q, ids[0]) if follow else q.wait(ids))
+        raise typer.Exit(wait_exit_code(states))
 
 
 def _read_lines(file: str) -> list[str]:
@@ -133,14 +160,16 @@ def _read_lines(file: str) -> list[str]:
 
 def _as_mapping(job: Any) -> dict[str, Any]:
     return {"id": job.id, "command": job.command, "priority": job.priority, "max_retries": job.max_retries,
-            "run_at": job.run_at, "timeout": job.timeout_s, "cwd": job.cwd}
+            "run_at": job.run_at, "timeout": job.timeout_s, "cwd": job.cwd, "queue": job.queue,
+            "unique_key": job.unique_key, "env": dict(job.env) or None, "tags": list(job.tags) or None,
+            "after": list(job.after) or None}
 
 
 # ---- the engine ---------------------------------------------------------------------------------------------
 
 
 def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: str,
-                dashboard_port: int | None = None) -> None:
+                dashboard_port: int | None = None, queues: list[str] | None = None) -> None:
     from queuectl.engine import Engine, EngineOptions
     from queuectl.events import EventLog
 
@@ -149,7 +178,9 @@ def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: s
     if log_format not in {"text", "json"}:
         raise ValidationError(f"--log-format must be text or json; got {log_format!r}")
     grace_s = None if grace is None else parse_duration_s(grace, "--grace")
-    options = EngineOptions(home=ctx().home, workers=workers, until_idle=until_idle, grace_s=grace_s)
+    served = tuple(dict.fromkeys(jobspec.check_name(q, "queue name") for q in queues)) if queues else None
+    options = EngineOptions(home=ctx().home, workers=workers, until_idle=until_idle, grace_s=grace_s,
+                            queues=served)
     log = EventLog(log_format)
     if dashboard_port is None:
         summary = call(lambda q: Engine(q.store, options, log).run())
@@ -166,6 +197,8 @@ UntilIdleOpt = Annotated[bool, typer.Option(
 GraceOpt = Annotated[str | None, typer.Option(
     help="On stop, wait at most this long for running jobs, then terminate them (default: wait).")]
 LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json (one object per line).")]
+ServeOpt = Annotated[list[str] | None, typer.Option(
+    "--queue", "-q", help="Serve only this queue (repeatable; default: every queue).")]
 
 
 @app.command()
@@ -175,16 +208,18 @@ def run(workers: WorkersOpt = 1, until_idle: UntilIdleOpt = False, grace: GraceO
             "--dashboard", help="Also serve the web dashboard on 127.0.0.1 (token: QUEUECTL_DASHBOARD_TOKEN).")]
         = False,
         dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="Port of --dashboard.")] = DASHBOARD_PORT,
+        queue: ServeOpt = None,
         ) -> None:
     """Run the engine in the foreground. Ctrl-C or SIGTERM stops it gracefully; a second Ctrl-C stops now."""
-    _run_engine(workers, until_idle, grace, log_format, dashboard_port if dashboard else None)
+    _run_engine(workers, until_idle, grace, log_format, dashboard_port if dashboard else None, queue)
 
 
 @worker_app.command("start")
 def worker_start(count: Annotated[int, typer.Option("--count", "-c", help="Jobs run at once.")] = 1,
-                 until_idle: UntilIdleOpt = False, grace: GraceOpt = None, log_format: LogFormatOpt = "text") -> None:
+                 until_idle: UntilIdleOpt = False, grace: GraceOpt = None, log_format: LogFormatOpt = "text",
+                 queue: ServeOpt = None) -> None:
     """Same as `queuectl run --workers COUNT`."""
-    _run_engine(count, until_idle, grace, log_format)
+    _run_engine(count, until_idle, grace, log_format, queues=queue)
 
 
 @worker_app.command("stop")
@@ -225,15 +260,19 @@ LimitOpt = Annotated[int, typer.Option(help="At most this many jobs.")]
 
 @app.command("list")
 def list_(
-    state: Annotated[str | None, typer.Option(help="pending, processing, completed, failed or dead.")] = None,
+    state: Annotated[str | None, typer.Option(
+        help="pending, waiting, processing, completed, failed, dead or cancelled.")] = None,
     limit: LimitOpt = 50,
     offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,
     oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Oldest enqueued first.")] = False,
+    queue: Annotated[str | None, typer.Option(help="Only jobs of this queue.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only jobs with this tag.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Jobs, newest first."""
     wanted = _state(state)
-    jobs = call(lambda q: q.list_jobs(state=wanted, limit=limit, offset=offset, oldest_first=oldest_first))
+    jobs = call(lambda q: q.list_jobs(state=wanted, limit=limit, offset=offset, oldest_first=oldest_first,
+                                      queue=queue, tag=tag))
     output.print_json([output.job_dict(j) for j in jobs]) if as_json else output.jobs_table(jobs)
 
 
@@ -408,6 +447,11 @@ def dashboard(
 
     asyncio.run(server.serve(ctx().home, ctx().database_url, host=host, port=port,
                              token=server.token_from_env(token), on_ready=ready))
+
+
+
+
+from queuectl import cli_sched  # noqa: E402, F401  (registers queue, pause, resume, cancel, wait, cron, webhook)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,15 @@ def _fraction(raw: str, key: str) -> float:
     return value
 
 
+def _hook(raw: str, key: str) -> str:
+    from queuectl import hooks
+
+    try:
+        return hooks.validate(raw)
+    except ValidationError as exc:
+        raise ValidationError(f"{key}: {exc}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Key:
     name: str
@@ -101,6 +110,10 @@ KEYS: dict[str, Key] = {
             "time between SIGTERM and SIGKILL when a job is timed out or stopped"),
         Key("log-max-bytes", "log_max_bytes", "100MiB", _size_bytes,
             "largest log file per attempt; keeps its head and newest tail (0 = unlimited)"),
+        Key("on-success", "on_success", "", _hook,
+            "shell command run when a job completes; placeholders like {id} (see README: finish hooks)"),
+        Key("on-failure", "on_failure", "", _hook, "shell command run when an attempt fails and will be retried"),
+        Key("on-dead", "on_dead", "", _hook, "shell command run when a job's retries are spent"),
     )
 }
 
@@ -114,6 +127,10 @@ class Settings:
     job_timeout_s: float | None = None
     kill_grace_s: float = 5.0
     log_max_bytes: int = 100 << 20
+    #: Finish hook templates ("" = none).
+    on_success: str = ""
+    on_failure: str = ""
+    on_dead: str = ""
 
 
 def canonical_key(name: str) -> Key:

@@ -27,6 +27,7 @@ from queuectl.aio import finish_even_if_cancelled
 from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUnavailableError
 from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, JobState, Outcome
+from queuectl.notify import Notifier
 from queuectl.paths import attempt_log_path, loose_permissions
 from queuectl.procs import pid_alive
 from queuectl.runner import run_command
@@ -59,6 +60,10 @@ class EngineOptions:
     #: Consecutive store failures (each retried with backoff) before the engine gives up. A full disk or a lost
     #: database connection is waited out instead.
     max_store_failures: int = 6
+    #: Serve only these queues (None: every queue).
+    queues: tuple[str, ...] | None = None
+    #: Cancel requests are looked up at most this often under a storm of changes.
+    cancel_check_min_interval_s: float = 0.02
 
 
 @dataclasses.dataclass
@@ -69,13 +74,14 @@ class Summary:
     timed_out: int = 0
     released: int = 0
     recovered: int = 0
+    cancelled: int = 0
     started_at: float = dataclasses.field(default_factory=time.time)
 
     def line(self) -> str:
         return (
             f"engine stopped after {human_duration(time.time() - self.started_at)}: {self.completed} completed, "
             f"{self.retried} failed and retrying, {self.dead} dead, {self.timed_out} timed out, "
-            f"{self.released} given back, {self.recovered} recovered"
+            f"{self.cancelled} cancelled, {self.released} given back, {self.recovered} recovered"
         )
 
 
@@ -122,6 +128,12 @@ class Engine:
         self._workers: list[asyncio.Task[None]] = []
         self._grace_timer: asyncio.TimerHandle | None = None
         self._base_env = dict(os.environ)
+        self.notifier = Notifier(options.home, self.log)
+        #: Worker task running each job's command, while it runs: `queuectl cancel` cancels that task.
+        self._in_command: dict[str, asyncio.Task[None]] = {}
+        self._cancelling: set[str] = set()
+        self._cancel_check = asyncio.Event()
+        self._cron_wake = asyncio.Event()
 
     # ---- stopping --------------------------------------------------------------------------------------------
 
@@ -188,6 +200,9 @@ class Engine:
                 asyncio.create_task(self._every(self.options.heartbeat_interval_s, self._heartbeat), name="heartbeat"),
                 asyncio.create_task(self._every(self.options.recover_interval_s, self._recover), name="recovery"),
                 asyncio.create_task(self._every(self.options.change_poll_s, self._check_changes), name="change-watch"),
+                asyncio.create_task(self._cancel_watch(), name="cancel-watch"),
+                asyncio.create_task(self._cron_loop(), name="cron"),
+                asyncio.create_task(self.notifier.sender.run(), name="webhooks"),
             ]
             self._workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
                              for n in range(self.options.workers)]
@@ -195,6 +210,7 @@ class Engine:
             for _ in self._workers:
                 self._queue.put_nowait(None)
             await asyncio.gather(*self._workers, return_exceptions=True)
+            await self.notifier.close()
         finally:
             for task in background:
                 task.cancel()
@@ -239,7 +255,7 @@ class Engine:
             await self._sleep(self._sleep_s(now))
 
     async def _claim(self, limit: int) -> list[Claim]:
-        return await self.store.claim_due(self.id, now=self._due_now(), limit=limit)
+        return await self.store.claim_due(self.id, now=self._due_now(), limit=limit, queues=self.options.queues)
 
     def _due_now(self) -> float:
         """Wall-clock time that decides what is due, never going back while the engine runs: after the clock is
@@ -269,17 +285,27 @@ class Engine:
         counts = await self._store_call(lambda: self.store.counts(now=self._due_now()), default=None)
         if counts is None:
             return False
-        return counts.by_state.get(JobState.FAILED, 0) == 0 and counts.oldest_pending_age_s is None
+        if counts.by_state.get(JobState.FAILED, 0) == 0 and counts.oldest_pending_age_s is None:
+            return True
+        # Due work may all be in paused queues or in queues this engine does not serve.
+        work = await self._store_call(
+            lambda: self.store.has_work(now=self._due_now(), served=self.options.queues), default=True)
+        return not work
 
     # ---- changes from elsewhere -----------------------------------------------------------------------------
 
     def _on_datagram(self, sock: socket.socket) -> None:
-        if wakeup.drain(sock):
-            self._on_change()
+        received = wakeup.drain(sock)
+        if received:
+            self._on_change(cancel=wakeup.CANCEL in received)
 
-    def _on_change(self) -> None:
+    def _on_change(self, *, cancel: bool = True) -> None:
+        """Something changed elsewhere (cancel=False: a datagram that said it was not a cancel)."""
         self._dirty = True
         self._wake.set()
+        self._cron_wake.set()
+        if cancel and self._in_command:
+            self._cancel_check.set()
 
     async def _check_changes(self) -> None:
         token = await self.store.change_token()
@@ -302,6 +328,7 @@ class Engine:
     async def _reload_settings(self) -> None:
         try:
             self.settings = config.resolve(await self.store.config_items())
+            self.notifier.configure(self.settings, await self.store.webhooks())
         except StoreError as exc:
             self.log.emit("store_error", f"cannot read config: {exc}", error=str(exc))
         except Exception as exc:  # a value stored by something other than `config set`
@@ -326,22 +353,84 @@ class Engine:
         timeout_s = job.timeout_s if job.timeout_s is not None else self.settings.job_timeout_s
         self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {_short(job.command)}",
                       job=job.id, attempt=claim.attempt, command=job.command)
-        env = {**self._base_env, "QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(claim.attempt),
+        # The job's own variables cannot hide ours: the engine mark is how a dead engine's commands are found.
+        env = {**self._base_env, **job.env, "QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(claim.attempt),
                orphans.ENGINE_ENV: self.id}
         started_at = time.time()
+        log_path = attempt_log_path(self.options.home, job.id, claim.attempt)
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_command[job.id] = task
         try:
             outcome = await run_command(
-                job.command, cwd=job.cwd, env=env, timeout_s=timeout_s,
-                log_path=attempt_log_path(self.options.home, job.id, claim.attempt),
+                job.command, cwd=job.cwd, env=env, timeout_s=timeout_s, log_path=log_path,
                 kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes)
         except asyncio.CancelledError:
+            del self._in_command[job.id]
+            if job.id in self._cancelling and not self._fast:  # `queuectl cancel`, not a stop: the group is gone
+                self._cancelling.discard(job.id)
+                task.uncancel()
+                outcome = Outcome(exit_code=None, error="cancelled by `queuectl cancel`", log_path=str(log_path),
+                                  started_at=started_at, finished_at=time.time())
+                await finish_even_if_cancelled(self._record_cancelled(claim, outcome))
+                return
             await finish_even_if_cancelled(self._release(claim))
             raise
         except Exception as exc:  # our own fault for this one job: fail it, keep the engine going
+            self._in_command.pop(job.id, None)
             self.log.emit("internal_error", f"{job.id} internal error: {exc!r}", job=job.id, error=repr(exc))
             outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
                               finished_at=time.time())
+        else:
+            del self._in_command[job.id]
+        self._cancelling.discard(job.id)
         await finish_even_if_cancelled(self._record(claim, outcome))
+
+    async def _record_cancelled(self, claim: Claim, outcome: Outcome) -> None:
+        ok = await self._store_call(lambda: self.store.bury_cancelled(claim, self.id, outcome), default=False)
+        if ok:
+            self.summary.cancelled += 1
+            self.log.emit("cancelled", f"{claim.job.id} cancelled: its process group was terminated",
+                          job=claim.job.id, attempt=claim.attempt)
+            if self.notifier.active:
+                self.notifier.job_ended("cancelled", claim.job, claim.attempt, outcome, "cancelled")
+
+    async def _cancel_watch(self) -> None:
+        """Terminate the commands of running jobs that `queuectl cancel` flagged."""
+        while True:
+            await self._cancel_check.wait()
+            self._cancel_check.clear()
+            if self._in_command:
+                try:
+                    flagged = await self.store.cancel_requests(self.id)
+                except StoreError as exc:
+                    self._note_store_failure(exc)
+                    flagged = []
+                for job_id in flagged:
+                    task = self._in_command.get(job_id)
+                    if task is not None and job_id not in self._cancelling:
+                        self._cancelling.add(job_id)
+                        task.cancel()
+            await asyncio.sleep(self.options.cancel_check_min_interval_s)
+
+    async def _cron_loop(self) -> None:
+        """Enqueue the jobs of due cron entries; sleep until the next due time or a change from elsewhere."""
+        while True:
+            self._cron_wake.clear()
+            try:
+                enqueued, next_at = await self.store.cron_tick(now=time.time())
+            except StoreError as exc:
+                self._note_store_failure(exc)
+                enqueued, next_at = [], None
+            if enqueued:
+                self.log.emit("cron", f"cron enqueued {', '.join(enqueued)}", jobs=enqueued)
+                self._dirty = True
+                self._wake.set()
+            timeout = self.options.max_sleep_s
+            if next_at is not None:
+                timeout = min(timeout, max(0.0, next_at - time.time()) + 0.0005)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cron_wake.wait(), timeout)
 
     async def _release(self, claim: Claim) -> None:
         ok = await self._store_call(lambda: self.store.release(
@@ -361,6 +450,8 @@ class Engine:
                 self.summary.completed += 1
                 self.log.emit("completed", f"{job.id} completed in {took}", job=job.id, attempt=claim.attempt,
                               duration_s=round(outcome.finished_at - outcome.started_at, 6))
+                if self.notifier.active:
+                    self.notifier.job_ended("completed", job, claim.attempt, outcome, "completed")
         else:
             self.summary.timed_out += outcome.timed_out
             event = "timed_out" if outcome.timed_out else "failed"
@@ -371,6 +462,8 @@ class Engine:
                     self.summary.dead += 1
                     self.log.emit("dead", f"{job.id} {outcome.error}; retries spent, moved to the dead-letter "
                                   "queue", job=job.id, attempt=claim.attempt, error=outcome.error, outcome=event)
+                    if self.notifier.active:
+                        self.notifier.job_ended("dead", job, claim.attempt, outcome, "dead")
             else:
                 retry_at = outcome.finished_at + decision.delay_s
                 ok = await self._store_call(
@@ -382,6 +475,8 @@ class Engine:
                     self.log.emit(event, f"{job.id} {outcome.error}; retrying in "
                                   f"{human_duration(decision.delay_s)}", job=job.id, attempt=claim.attempt,
                                   error=outcome.error, retry_in_s=round(decision.delay_s, 3))
+                    if self.notifier.active:
+                        self.notifier.job_ended(event, job, claim.attempt, outcome, "failed")
         if not ok and self._fatal is None:
             self.log.emit("lost_claim", f"{job.id}: result of attempt {claim.attempt} not recorded: the job was "
                           "given to another engine meanwhile", job=job.id, attempt=claim.attempt)

@@ -10,7 +10,7 @@ from typing import BinaryIO
 from queuectl import paths
 from queuectl.api import Queue
 from queuectl.errors import NotFoundError
-from queuectl.models import JobState
+from queuectl.models import TERMINAL_STATES, JobState
 
 POLL_S = 0.2
 CHUNK = 1 << 16
@@ -36,7 +36,7 @@ def _copy_from(path: Path, offset: int, out: BinaryIO) -> int:
 async def print_log(q: Queue, job_id: str, attempt: int | None, follow: bool) -> None:
     out = sys.stdout.buffer
     job = await q.get(job_id)
-    while follow and job.runs == 0 and job.state not in (JobState.COMPLETED, JobState.DEAD):
+    while follow and job.runs == 0 and job.state not in TERMINAL_STATES:
         await asyncio.sleep(POLL_S)  # -f on a job that has not started yet waits for it
         job = await q.get(job_id)
     _, number, path = await q.log_path(job_id, attempt)
@@ -53,3 +53,21 @@ async def print_log(q: Queue, job_id: str, attempt: int | None, follow: bool) ->
             _copy_from(paths.attempt_log_path(q.home, job_id, number), offset, out)
             return
         await asyncio.sleep(POLL_S)
+
+
+async def follow_job(q: Queue, job_id: str) -> dict[str, JobState]:
+    """`enqueue --follow`: print each attempt's output as it comes until the job ends; returns {id: final state}."""
+    out = sys.stdout.buffer
+    number, offset = 1, 0
+    while True:
+        job = await q.get(job_id)
+        if job.runs >= number:
+            path = paths.attempt_log_path(q.home, job_id, number)
+            offset = _copy_from(path, offset, out)
+            if job.runs > number or job.state != JobState.PROCESSING:
+                _copy_from(path, offset, out)  # what the attempt wrote before it ended
+                number, offset = number + 1, 0
+                continue
+        elif job.state in TERMINAL_STATES:
+            return {job_id: job.state}
+        await asyncio.sleep(POLL_S / 4)

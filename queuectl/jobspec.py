@@ -35,6 +35,17 @@ class NewJob(NamedTuple):
     max_retries: int | None = None
     #: Per-attempt limit in seconds; None means "the configured default job-timeout".
     timeout_s: float | None = None
+    #: Named queue.
+    queue: str = "default"
+    #: While a job with this key is active, another enqueue with it is refused (or returns that job).
+    unique_key: str | None = None
+    #: Extra environment variables, as (name, value) pairs.
+    env: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()
+    #: Ids of jobs that must complete before this one runs.
+    after: tuple[str, ...] = ()
+    #: The cron entry that made this job.
+    cron: str | None = None
 
 #: File-name safe (the id names the job's log directory), readable, bounded.
 JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
@@ -46,7 +57,14 @@ MAX_RUN_AT = 253402214400.0
 
 #: Fields a job object may carry. state/attempts/created_at/updated_at are accepted so that the job objects of
 #: the original assignment can be pasted as they are; they must describe a fresh job and are otherwise ignored.
-_SETTABLE = {"id", "command", "priority", "max_retries", "run_at", "delay", "timeout", "timeout_s", "cwd"}
+_SETTABLE = {"id", "command", "priority", "max_retries", "run_at", "delay", "timeout", "timeout_s", "cwd", "queue",
+             "unique_key", "env", "tags", "after"}
+#: Queue names and tags: like job ids, shorter.
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,63}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_TAGS = 32
+MAX_AFTER = 1_000
+MAX_ENV_BYTES = 64 << 10
 _IGNORED = {"state", "attempts", "created_at", "updated_at"}
 
 
@@ -62,6 +80,76 @@ def check_job_id(value: object) -> str:
             f"got {value!r}"
         )
     return value
+
+
+def check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValidationError(
+            f"{what} must be 1-64 characters of letters, digits and _.:@+- (not starting with one of .:@+-); "
+            f"got {value!r}")
+    return value
+
+
+def check_unique_key(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\x00" in value or len(value) > 256:
+        raise ValidationError(f"unique_key must be a non-empty string of at most 256 characters; got {value!r}")
+    return value
+
+
+def parse_env_entry(entry: str) -> tuple[str, str]:
+    """One --env KEY=VALUE."""
+    name, sep, value = entry.partition("=")
+    if not sep:
+        raise ValidationError(f"--env takes KEY=VALUE; got {entry!r} (no '=')")
+    return check_env(name, value)
+
+
+def check_env(name: object, value: object) -> tuple[str, str]:
+    if not isinstance(name, str) or not ENV_NAME.match(name):
+        raise ValidationError(f"environment variable name must be letters, digits and _ (not starting with a "
+                              f"digit); got {name!r}")
+    if not isinstance(value, str) or "\x00" in value:
+        raise ValidationError(f"environment variable {name} must be a string without NUL bytes; got {value!r}")
+    return name, value
+
+
+def _env_field(raw: object) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ValidationError(f"env must be an object of NAME: value; got {type(raw).__name__}")
+    pairs = tuple(check_env(k, v) for k, v in raw.items())
+    if sum(len(k) + len(v) for k, v in pairs) > MAX_ENV_BYTES:
+        raise ValidationError(f"env is larger than {MAX_ENV_BYTES} bytes")
+    return pairs
+
+
+def _list_field(raw: object, what: str) -> list[object]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list):
+        raise ValidationError(f"{what} must be a list (or a comma-separated string); got {type(raw).__name__}")
+    return raw
+
+
+def _tags_field(raw: object) -> tuple[str, ...]:
+    tags = tuple(dict.fromkeys(check_name(t, "a tag") for t in _list_field(raw, "tags")))
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(f"a job has at most {MAX_TAGS} tags; got {len(tags)}")
+    return tags
+
+
+def _after_field(raw: object, job_id: str) -> tuple[str, ...]:
+    after = tuple(dict.fromkeys(check_job_id(i) for i in _list_field(raw, "after")))
+    if len(after) > MAX_AFTER:
+        raise ValidationError(f"a job runs after at most {MAX_AFTER} jobs; got {len(after)}")
+    if job_id in after:
+        raise ValidationError(f"job {job_id!r} cannot run after itself (a dependency cycle)")
+    return after
 
 
 def _int_field(obj: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
@@ -125,7 +213,7 @@ def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = Non
         timeout_s = parse_duration_s(raw_timeout, "timeout")
         if timeout_s <= 0:
             raise ValidationError(f"timeout must be > 0 seconds; got {raw_timeout!r}")
-    job_cwd = obj.get("cwd", cwd if cwd is not None else _cwd())
+    job_cwd = obj.get("cwd", cwd if cwd is not None else current_dir())
     if not isinstance(job_cwd, str) or not os.path.isabs(job_cwd):
         raise ValidationError(f"cwd must be an absolute path; got {job_cwd!r}")
     return NewJob(
@@ -136,10 +224,15 @@ def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = Non
         run_at=run_at,
         timeout_s=timeout_s,
         cwd=job_cwd,
+        queue=check_name(obj.get("queue") or "default", "queue name"),
+        unique_key=check_unique_key(obj.get("unique_key")),
+        env=_env_field(obj.get("env")),
+        tags=_tags_field(obj.get("tags")),
+        after=_after_field(obj.get("after"), job_id),
     )
 
 
-def _cwd() -> str:
+def current_dir() -> str:
     try:
         return os.getcwd()
     except OSError:  # the shell's directory was removed under it
@@ -163,7 +256,7 @@ def from_json_lines(lines: Iterable[str], *, now: float | None = None, cwd: str 
     jobs: list[NewJob] = []
     seen: set[str] = set()
     now = time.time() if now is None else now
-    cwd = _cwd() if cwd is None else cwd
+    cwd = current_dir() if cwd is None else cwd
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -193,5 +286,9 @@ def mapping_from_args(args: list[str], flags: Mapping[str, str], *, command_give
         return {**obj, **flags}
     if not args:
         raise ValidationError("missing command after `--`")
-    command = args[0] if len(args) == 1 else shlex.join(args)
-    return {**flags, "command": command}
+    return {**flags, "command": join_command(args)}
+
+
+def join_command(words: list[str]) -> str:
+    """One word is shell text as given; several are quoted back together so that each stays one argument."""
+    return words[0] if len(words) == 1 else shlex.join(words)

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from collections.abc import Mapping
 from typing import Any, Self
 
 
 class JobState(enum.StrEnum):
     PENDING = "pending"  # waiting for its run_at
+    WAITING = "waiting"  # waiting for the jobs it was enqueued --after to complete
     PROCESSING = "processing"  # claimed by an engine, command running
     COMPLETED = "completed"  # exit code 0
     FAILED = "failed"  # last attempt failed, a retry is scheduled at run_at
     DEAD = "dead"  # retries spent: the dead-letter queue
+    CANCELLED = "cancelled"  # by `queuectl cancel`, or because a job it was --after ended dead or cancelled
 
 
 #: States a job never leaves by itself.
-TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD})
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
+#: States in which a job still holds its unique key and can still run.
+ACTIVE_STATES = frozenset({JobState.PENDING, JobState.WAITING, JobState.PROCESSING, JobState.FAILED})
 
 
 class AttemptStatus(enum.StrEnum):
@@ -28,6 +33,7 @@ class AttemptStatus(enum.StrEnum):
     FAILED = "failed"  # non-zero exit, signal, could not start
     TIMED_OUT = "timed_out"
     INTERRUPTED = "interrupted"  # engine crashed or was stopped fast; does not count against retries
+    CANCELLED = "cancelled"  # `queuectl cancel` terminated it
 
 
 def _own_fields(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -74,13 +80,39 @@ class Job:
     last_error: str | None = None
     #: Engine holding the job while processing.
     engine_id: str | None = None
+    #: Named queue ("default" unless given); a queue can be paused or limited in concurrency.
+    queue: str = "default"
+    #: While a job with this key is active (pending, waiting, failed, processing), no other can be enqueued with it.
+    unique_key: str | None = None
+    #: Extra environment variables for the command.
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    #: Ids of the jobs this one runs after (all must complete first).
+    after: tuple[str, ...] = ()
+    #: Dependencies not completed yet; the job waits while this is above 0.
+    deps_left: int = 0
+    #: The dependency whose dead or cancelled end cancelled this job (retrying it brings this job back).
+    blocked_by: str | None = None
+    #: Name of the cron entry that enqueued it.
+    cron: str | None = None
+    #: `queuectl cancel` asked the engine running it to stop it.
+    cancel_requested: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         values = _own_fields(cls, row)
         values["state"] = JobState(values["state"])
+        for name in ("env", "tags", "after"):  # JSON text on SQLite, already decoded on PostgreSQL
+            raw = values.get(name)
+            if isinstance(raw, str):
+                raw = json.loads(raw)
+            if raw is None:
+                values.pop(name, None)
+            else:
+                values[name] = dict(raw) if name == "env" else tuple(raw)
+        if "cancel_requested" in values:
+            values["cancel_requested"] = bool(values["cancel_requested"])
         return cls(**values)
-
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -172,3 +204,74 @@ class Counts:
     @property
     def total(self) -> int:
         return sum(self.by_state.values())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueueInfo:
+    """A named queue: its own limit on jobs running at once, and whether new starts are paused."""
+
+    name: str
+    #: At most this many of its jobs run at once, over all engines; 0 = no limit of its own.
+    concurrency: int = 0
+    paused: bool = False
+    #: Jobs pending or failed (due now or later).
+    runnable: int = 0
+    running: int = 0
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        values = _own_fields(cls, row)
+        values["paused"] = bool(values.get("paused"))
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CronEntry:
+    """A recurring job: the cron expression and the job it enqueues at each due time."""
+
+    name: str
+    #: The cron expression as given (5 fields, or 6 with seconds first).
+    schedule: str
+    command: str
+    cwd: str
+    queue: str = "default"
+    priority: int = 0
+    max_retries: int | None = None
+    timeout_s: float | None = None
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    paused: bool = False
+    #: When due times were missed (no engine ran), run one of them instead of skipping them all.
+    catch_up: bool = False
+    #: The next due time, Unix s.
+    next_run_at: float
+    last_run_at: float | None = None
+    last_job_id: str | None = None
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        values = _own_fields(cls, row)
+        raw = values.get("env")
+        values["env"] = dict(json.loads(raw) if isinstance(raw, str) else (raw or {}))
+        values["paused"] = bool(values.get("paused"))
+        values["catch_up"] = bool(values.get("catch_up"))
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Webhook:
+    """An HTTP endpoint that gets a signed JSON POST for each of its events."""
+
+    id: int
+    url: str
+    #: Event names, e.g. ("dead", "failed").
+    events: tuple[str, ...]
+    secret: str | None = None
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        values = _own_fields(cls, row)
+        raw = values["events"]
+        values["events"] = tuple(raw.split(",") if isinstance(raw, str) else raw)
+        return cls(**values)

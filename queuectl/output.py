@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from queuectl.models import Attempt, EngineInfo, Job, JobState
+from queuectl.models import TERMINAL_STATES, Attempt, CronEntry, EngineInfo, Job, JobState, QueueInfo
 from queuectl.timefmt import human_duration, iso
 
 if TYPE_CHECKING:
@@ -33,7 +33,48 @@ def job_dict(job: Job) -> dict[str, Any]:
         "exit_code": job.exit_code,
         "last_error": job.last_error,
         "engine_id": job.engine_id,
+        "queue": job.queue,
+        "unique_key": job.unique_key,
+        "env": dict(job.env),
+        "tags": list(job.tags),
+        "after": list(job.after),
+        "blocked_by": job.blocked_by,
+        "cron": job.cron,
     }
+
+
+def queue_dict(q: QueueInfo) -> dict[str, Any]:
+    return {"name": q.name, "concurrency": q.concurrency, "paused": q.paused, "runnable": q.runnable,
+            "running": q.running}
+
+
+def cron_dict(e: CronEntry) -> dict[str, Any]:
+    return {"name": e.name, "schedule": e.schedule, "command": e.command, "cwd": e.cwd, "queue": e.queue,
+            "priority": e.priority, "max_retries": e.max_retries, "timeout_s": e.timeout_s, "env": dict(e.env),
+            "paused": e.paused, "catch_up": e.catch_up, "next_run_at": iso(e.next_run_at),
+            "last_run_at": iso(e.last_run_at), "last_job_id": e.last_job_id}
+
+
+def when(t: float | None) -> str:
+    """A time to the second, in UTC."""
+    return (iso(t) or "-")[:19] + "Z" if t is not None else "-"
+
+
+def queues_text(queues: Sequence[QueueInfo]) -> None:
+    print(f"{'QUEUE':<20} {'CONCURRENCY':<12} {'STATE':<8} {'RUNNABLE':>9} {'RUNNING':>8}")
+    for q in queues:
+        print(f"{q.name:<20} {q.concurrency or 'unlimited'!s:<12} {'paused' if q.paused else 'active':<8} "
+              f"{q.runnable:>9} {q.running:>8}")
+
+
+def crons_text(entries: Sequence[CronEntry]) -> None:
+    if not entries:
+        print("no cron entries")
+        return
+    for e in entries:
+        state = "paused" if e.paused else f"next {when(e.next_run_at)}"
+        last = f"  last {e.last_job_id}" if e.last_job_id else ""
+        print(f"{e.name}  {e.schedule!r}  {state}  queue {e.queue}{last}  {_short(e.command, 50)}")
 
 
 def attempt_dict(a: Attempt) -> dict[str, Any]:
@@ -79,6 +120,7 @@ def status_dict(s: Status) -> dict[str, Any]:
         "total": s.counts.total,
         "oldest_pending_age_s": s.counts.oldest_pending_age_s,
         "engines": [engine_dict(e, s.running) for e in s.engines],
+        "queues": [queue_dict(q) for q in s.queues],
     }
 
 
@@ -119,9 +161,9 @@ def jobs_table(jobs: Sequence[Job]) -> None:
     for name, width in widths.items():
         table.add_column(name, overflow="ellipsis", no_wrap=True, width=width)
     for job in jobs:
-        when = job.finished_at if job.state in (JobState.COMPLETED, JobState.DEAD) else job.run_at
-        cells = [job.id, job.state.value, str(job.priority), str(job.attempts),
-                 (iso(when) or "")[:19] + "Z", _short(job.command, widths["COMMAND"])]
+        at = job.finished_at if job.state in TERMINAL_STATES else job.run_at
+        cells = [job.id, job.state.value, str(job.priority), str(job.attempts), when(at),
+                 _short(job.command, widths["COMMAND"])]
         if show_error:
             cells.append(_short(job.last_error, widths["LAST ERROR"]))
         table.add_row(*cells)
@@ -134,6 +176,11 @@ def status_text(s: Status) -> None:
     print(f"jobs: {s.counts.total}   {parts}")
     age = s.counts.oldest_pending_age_s
     print(f"oldest due job waiting: {human_duration(age) if age is not None else '-'}")
+    special = [q for q in s.queues if q.paused or q.concurrency or q.name != "default"]
+    if special:
+        print("queues: " + "  ".join(
+            f"{q.name}{' (paused)' if q.paused else ''}{f' max {q.concurrency}' if q.concurrency else ''} "
+            f"{q.running} running {q.runnable} waiting" for q in special))
     if not s.engines:
         print("engines: none running (start one with `queuectl run`)")
         return
@@ -161,8 +208,12 @@ def detail_text(d: JobDetail) -> None:
         ("finished_at", iso(j.finished_at) or "-"),
         ("exit_code", "-" if j.exit_code is None else str(j.exit_code)), ("last_error", j.last_error or "-"),
     ]
-    if j.engine_id:
-        rows.append(("engine", j.engine_id))
+    extra = [("queue", j.queue if j.queue != "default" else ""), ("unique_key", j.unique_key or ""),
+             ("tags", ", ".join(j.tags)), ("after", ", ".join(j.after) + (f" ({j.deps_left} not completed)"
+                                                                           if j.deps_left else "")),
+             ("blocked_by", j.blocked_by or ""), ("cron", j.cron or ""),
+             ("env", " ".join(f"{k}={v}" for k, v in j.env.items())), ("engine", j.engine_id or "")]
+    rows += [(name, value) for name, value in extra if value]
     for name, value in rows:
         print(f"{name:>12}  {value}")
     if not d.attempts:

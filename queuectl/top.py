@@ -93,13 +93,19 @@ def _counts(status: Status) -> list[Line]:
     by_state = status.counts.by_state
     head: Line = []
     values: Line = []
-    for state in JobState:
+    for state in STATE_STYLE:
         head.append((f"{state.value.upper():>12}", DIM))
         style = STATE_STYLE[state] + ";1" if STATE_STYLE[state] else BOLD
         values.append((f"{_num(by_state.get(state, 0)):>12}", style))
     head.append((f"{'TOTAL':>12}", DIM))
     values.append((f"{_num(status.counts.total):>12}", BOLD))
-    return [head, values]
+    # Jobs waiting on dependencies and cancelled ones get their own line, shown only when there are some: the
+    # five main states and the total fill the 80 columns.
+    others: Line = []
+    for state in (JobState.WAITING, JobState.CANCELLED):
+        if by_state.get(state, 0):
+            others += [(f"  {state.value} ", ""), (_num(by_state[state]), BOLD)]
+    return [head, values, others] if others else [head, values]
 
 
 def _engines(frame: Frame) -> list[Line]:

@@ -35,7 +35,12 @@ def _address(directory: Path, name: str) -> Iterator[str]:
         os.close(fd)
 
 
-def wake_engines(home: Path) -> int:
+#: What a wake-up says: something changed; or a job was cancelled (the engine then looks for its own to stop).
+CHANGED = b"!"
+CANCEL = b"c"
+
+
+def wake_engines(home: Path, message: bytes = CHANGED) -> int:
     """Send one byte to every engine socket of this home. Returns how many were reached. Never raises."""
     reached = 0
     try:
@@ -51,7 +56,7 @@ def wake_engines(home: Path) -> int:
                 continue
             try:
                 with _address(home / WAKE_DIR, name) as address:
-                    sock.sendto(b"!", address)
+                    sock.sendto(message, address)
                 reached += 1
             except BlockingIOError:
                 reached += 1  # its buffer is full of wake-ups already
@@ -82,12 +87,12 @@ def bind(home: Path, engine_id: str) -> socket.socket:
     return sock
 
 
-def drain(sock: socket.socket) -> int:
-    """Read every pending datagram; returns how many."""
-    n = 0
+def drain(sock: socket.socket) -> bytes:
+    """Read every pending datagram; returns what they said, joined ("" if there was none)."""
+    received = b""
     while True:
         try:
-            sock.recv(64)
+            data = sock.recv(64)
         except (BlockingIOError, InterruptedError):
-            return n
-        n += 1
+            return received
+        received += data[:1] or CHANGED

@@ -231,7 +231,8 @@ def test_status_counts_jobs_per_state(home: Path) -> None:
     move(home, {"d": "dead", "c": "completed", "p": "processing"})
     enqueue_lines('{"id":"w1","command":"x"}', '{"id":"w2","command":"x","delay":"1h"}')
     data = ok("status", "--json").json()
-    assert data["counts"] == {"pending": 2, "processing": 1, "completed": 1, "failed": 0, "dead": 1}
+    assert data["counts"] == {"pending": 2, "waiting": 0, "processing": 1, "completed": 1, "failed": 0, "dead": 1,
+                              "cancelled": 0}
     assert data["total"] == 5
     assert data["oldest_pending_age_s"] is not None and 0 <= data["oldest_pending_age_s"] < 60
     assert data["engines"] == []

@@ -337,7 +337,8 @@ def test_counts_are_pushed_live_over_server_sent_events(fresh: Site) -> None:
         assert stream.response.status == 200
         assert stream.response.getheader("content-type", "").startswith("text/event-stream")
         first = stream.next_data()
-        assert first["counts"] == {"pending": 1, "processing": 1, "completed": 0, "failed": 0, "dead": 2}
+        assert first["counts"] == {"pending": 1, "waiting": 0, "processing": 1, "completed": 0, "failed": 0,
+                                   "dead": 2, "cancelled": 0}
         assert first["running"][0]["id"] == "r1" and first["running"][0]["command"] == "sleep 1000"
 
         async def add() -> None:

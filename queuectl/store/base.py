@@ -12,7 +12,18 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from queuectl.jobspec import NewJob
-from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.models import (
+    Attempt,
+    Claim,
+    Counts,
+    CronEntry,
+    EngineInfo,
+    Job,
+    JobState,
+    Outcome,
+    QueueInfo,
+    Webhook,
+)
 
 if TYPE_CHECKING:
     from queuectl.stats import StatsRow
@@ -41,18 +52,28 @@ class Store(abc.ABC):
     # ---- jobs: writing -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def enqueue(self, jobs: Sequence[NewJob], *, now: float, replace: bool = False) -> list[str]:
-        """Insert all jobs as pending in one transaction, or none of them.
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, now: float, replace: bool = False, if_exists: str = "error"
+    ) -> list[str]:
+        """Insert all jobs in one transaction, or none of them: pending, or waiting if a job it runs after
+        (`after`, which must exist: NotFoundError; not dead or cancelled: ConflictError) has not completed.
+        Each new queue name is registered.
 
         ConflictError if an id exists (unless replace, which overwrites a job that is not processing;
-        a processing job is a ConflictError even then). Returns the ids in order.
+        a processing job is a ConflictError even then, and so is a replace that would make a dependency cycle).
+        A unique_key held by an active job is a ConflictError naming it, or with if_exists="ignore" that job's
+        id is returned in place of the new one. Returns the ids in order.
         """
 
     @abc.abstractmethod
-    async def claim_due(self, engine_id: str, *, now: float, limit: int) -> list[Claim]:
+    async def claim_due(
+        self, engine_id: str, *, now: float, limit: int, queues: Collection[str] | None = None
+    ) -> list[Claim]:
         """Atomically move up to `limit` due jobs (run_at <= now, pending or failed) to processing for this
         engine: highest priority first, then earliest run_at, then enqueue order. Two engines never get the
-        same job. Each claim carries the number of the attempt it starts."""
+        same job. Each claim carries the number of the attempt it starts. Jobs of paused queues are left, a
+        queue with a concurrency never has more than that many processing (over all engines), and with
+        `queues` only those queues are served."""
 
     @abc.abstractmethod
     async def complete(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
@@ -65,6 +86,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def bury(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
         """Record a failed attempt that spent the last retry: job dead (the dead-letter queue)."""
+
+    @abc.abstractmethod
+    async def bury_cancelled(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
+        """Record an attempt that `queuectl cancel` terminated: job cancelled, its waiting dependants too."""
 
     @abc.abstractmethod
     async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
@@ -92,9 +117,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_jobs(
-        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
+        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False,
+        queue: str | None = None, tag: str | None = None,
     ) -> list[Job]:
-        """Jobs, newest enqueued first unless oldest_first."""
+        """Jobs, newest enqueued first unless oldest_first; only of one state, queue or tag if given."""
 
     @abc.abstractmethod
     async def attempts(self, job_id: str) -> list[Attempt]:
@@ -119,6 +145,79 @@ class Store(abc.ABC):
     async def notify_change(self) -> None:
         """Tell subscribed engines elsewhere that the queue changed (PostgreSQL NOTIFY). Default: nothing;
         on one machine the API's wake-up datagram does this."""
+
+    # ---- queues, cancellation --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def queues(self) -> list[QueueInfo]:
+        """Every known queue, by name, with its runnable (pending + failed) and processing counts."""
+
+    @abc.abstractmethod
+    async def queue_add(self, name: str, *, concurrency: int = 0) -> bool:
+        """Register a queue; False if it existed (then nothing changes)."""
+
+    @abc.abstractmethod
+    async def queue_set(self, name: str, *, concurrency: int) -> None:
+        """Set a queue's concurrency (0: no limit of its own). NotFoundError for an unknown queue."""
+
+    @abc.abstractmethod
+    async def set_paused(self, names: Sequence[str] | None, *, paused: bool) -> list[str]:
+        """Pause (no new starts) or resume queues; None = every queue. NotFoundError for an unknown one, then
+        nothing changes. Returns the queues whose state changed."""
+
+    @abc.abstractmethod
+    async def has_work(self, *, now: float, served: Collection[str] | None) -> bool:
+        """Whether a job is due now, or a retry is scheduled, in a queue that is not paused (among `served`)."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_ids: Sequence[str], *, now: float) -> tuple[list[str], list[str]]:
+        """Cancel jobs: pending, waiting and failed ones at once (their waiting dependants with them), running
+        ones by flagging them for their engine. NotFoundError / ConflictError (a finished job) change nothing.
+        Returns (cancelled now, being cancelled by their engine)."""
+
+    @abc.abstractmethod
+    async def cancel_requests(self, engine_id: str) -> list[str]:
+        """Ids of this engine's running jobs that `cancel` flagged."""
+
+    @abc.abstractmethod
+    async def job_states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The state of each id that exists."""
+
+    # ---- cron entries, webhooks ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def cron_add(self, entry: CronEntry) -> None:
+        """Store a new entry; ConflictError if the name exists."""
+
+    @abc.abstractmethod
+    async def crons(self) -> list[CronEntry]:
+        """Every entry, by name."""
+
+    @abc.abstractmethod
+    async def cron_remove(self, name: str) -> None:
+        """NotFoundError if there is no such entry. Jobs it made stay."""
+
+    @abc.abstractmethod
+    async def cron_set_paused(self, name: str, *, paused: bool, now: float) -> None:
+        """Pause or resume an entry; resuming makes its next due time the first one after now."""
+
+    @abc.abstractmethod
+    async def cron_tick(self, *, now: float) -> tuple[list[str], float | None]:
+        """In one transaction, for every entry due at now: enqueue its job (cron.plan decides, skipping missed
+        runs unless catch_up) and advance it; concurrent ticks never enqueue a due time twice. Returns the ids
+        enqueued and the soonest next due time of an active entry."""
+
+    @abc.abstractmethod
+    async def webhook_add(self, url: str, *, events: Sequence[str], secret: str | None, now: float) -> int:
+        """Store a webhook; returns its id."""
+
+    @abc.abstractmethod
+    async def webhooks(self) -> list[Webhook]:
+        """Every webhook, by id."""
+
+    @abc.abstractmethod
+    async def webhook_remove(self, webhook_id: int) -> None:
+        """NotFoundError if there is no such webhook."""
 
     # ---- config ------------------------------------------------------------------------------------------
 

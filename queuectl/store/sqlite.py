@@ -12,8 +12,20 @@ import aiosqlite
 
 from queuectl.errors import StoreError, StoreFullError, StoreGoneError
 from queuectl.jobspec import NewJob
-from queuectl.models import Attempt, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.models import (
+    Attempt,
+    Claim,
+    Counts,
+    CronEntry,
+    EngineInfo,
+    Job,
+    JobState,
+    Outcome,
+    QueueInfo,
+    Webhook,
+)
 from queuectl.store import sqlite_ops as ops
+from queuectl.store import sqlite_sched as sched
 from queuectl.store import sqlite_schema, sqlite_tx
 from queuectl.store.base import Store
 
@@ -88,11 +100,15 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise store_error(exc, self.path) from None
 
-    async def enqueue(self, jobs: Sequence[NewJob], *, now: float, replace: bool = False) -> list[str]:
-        return await self._run(sqlite_tx.enqueue, jobs, now, replace)
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, now: float, replace: bool = False, if_exists: str = "error"
+    ) -> list[str]:
+        return await self._run(sqlite_tx.enqueue, jobs, now, replace, if_exists)
 
-    async def claim_due(self, engine_id: str, *, now: float, limit: int) -> list[Claim]:
-        return await self._run(ops.claim, engine_id, now, limit)
+    async def claim_due(
+        self, engine_id: str, *, now: float, limit: int, queues: Collection[str] | None = None
+    ) -> list[Claim]:
+        return await self._run(ops.claim, engine_id, now, limit, queues)
 
     async def complete(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
         return await self._run(_finish, claim, engine_id, outcome, JobState.COMPLETED, None)
@@ -102,6 +118,9 @@ class SQLiteStore(Store):
 
     async def bury(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
         return await self._run(_finish, claim, engine_id, outcome, JobState.DEAD, None)
+
+    async def bury_cancelled(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
+        return await self._run(_finish, claim, engine_id, outcome, JobState.CANCELLED, None)
 
     async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
         return await self._run(ops.release, claim, engine_id, now, reason)
@@ -119,9 +138,10 @@ class SQLiteStore(Store):
         return await self._run(ops.get, job_id)
 
     async def list_jobs(
-        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
+        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False,
+        queue: str | None = None, tag: str | None = None,
     ) -> list[Job]:
-        return await self._run(ops.list_jobs, state, limit, offset, oldest_first)
+        return await self._run(ops.list_jobs, state, limit, offset, oldest_first, queue, tag)
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         return await self._run(ops.attempts, job_id)
@@ -134,6 +154,54 @@ class SQLiteStore(Store):
 
     async def change_token(self) -> int:
         return await self._run(ops.change_token)
+
+    async def queues(self) -> list[QueueInfo]:
+        return await self._run(sched.queues)
+
+    async def queue_add(self, name: str, *, concurrency: int = 0) -> bool:
+        return await self._run(sched.queue_add, name, concurrency)
+
+    async def queue_set(self, name: str, *, concurrency: int) -> None:
+        await self._run(sched.queue_set, name, concurrency)
+
+    async def set_paused(self, names: Sequence[str] | None, *, paused: bool) -> list[str]:
+        return await self._run(sched.set_paused, names, paused)
+
+    async def has_work(self, *, now: float, served: Collection[str] | None) -> bool:
+        return await self._run(sched.has_work, now, served)
+
+    async def cancel(self, job_ids: Sequence[str], *, now: float) -> tuple[list[str], list[str]]:
+        return await self._run(sched.cancel, job_ids, now)
+
+    async def cancel_requests(self, engine_id: str) -> list[str]:
+        return await self._run(sched.cancel_requests, engine_id)
+
+    async def job_states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        return await self._run(sched.job_states, job_ids)
+
+    async def cron_add(self, entry: CronEntry) -> None:
+        await self._run(sched.cron_add, entry)
+
+    async def crons(self) -> list[CronEntry]:
+        return await self._run(sched.crons)
+
+    async def cron_remove(self, name: str) -> None:
+        await self._run(sched.cron_remove, name)
+
+    async def cron_set_paused(self, name: str, *, paused: bool, now: float) -> None:
+        await self._run(sched.cron_set_paused, name, paused, now)
+
+    async def cron_tick(self, *, now: float) -> tuple[list[str], float | None]:
+        return await self._run(sched.cron_tick, now)
+
+    async def webhook_add(self, url: str, *, events: Sequence[str], secret: str | None, now: float) -> int:
+        return await self._run(sched.webhook_add, url, events, secret, now)
+
+    async def webhooks(self) -> list[Webhook]:
+        return await self._run(sched.webhooks)
+
+    async def webhook_remove(self, webhook_id: int) -> None:
+        await self._run(sched.webhook_remove, webhook_id)
 
     async def config_items(self) -> dict[str, str]:
         return await self._run(ops.config_items)

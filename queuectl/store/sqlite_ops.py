@@ -11,7 +11,8 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from queuectl.errors import ConflictError, NotFoundError
-from queuectl.models import Attempt, AttemptStatus, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.models import TERMINAL_STATES, Attempt, AttemptStatus, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.store import sqlite_deps
 from queuectl.store.sqlite_tx import _chunks, _marks, _states_of, write_tx
 
 if TYPE_CHECKING:
@@ -20,20 +21,72 @@ if TYPE_CHECKING:
 _RUNNABLE = "state IN ('pending', 'failed')"
 
 
-def claim(conn: sqlite3.Connection, engine_id: str, now: float, limit: int) -> list[Claim]:
+def claim(
+    conn: sqlite3.Connection, engine_id: str, now: float, limit: int, queues: Collection[str] | None = None
+) -> list[Claim]:
     with write_tx(conn):
-        rows = conn.execute(
-            f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
-                       runs = runs + 1
-                WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_claim
-                              WHERE {_RUNNABLE} AND run_at <= ?
-                              ORDER BY priority DESC, run_at, seq LIMIT ?)
-                RETURNING *""",
-            (engine_id, now, now, now, limit),
-        ).fetchall()
+        restricted = conn.execute(
+            "SELECT name, concurrency, paused FROM queues WHERE paused = 1 OR concurrency > 0").fetchall()
+        if queues is None and not restricted:  # the common case: one statement over the claim index
+            rows = conn.execute(
+                f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
+                           runs = runs + 1
+                    WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_claim
+                                  WHERE {_RUNNABLE} AND run_at <= ?
+                                  ORDER BY priority DESC, run_at, seq LIMIT ?)
+                    RETURNING *""",
+                (engine_id, now, now, now, limit),
+            ).fetchall()
+        else:
+            seqs = _pick_restricted(conn, now, limit, queues, restricted)
+            rows = []
+            for part in _chunks(seqs):
+                rows += conn.execute(
+                    f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
+                               runs = runs + 1 WHERE seq IN ({_marks(len(part))}) RETURNING *""",
+                    (engine_id, now, now, *part)).fetchall()
     claims = [Claim(job=Job.from_row(r), attempt=r["runs"]) for r in rows]
     claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.seq))
     return claims
+
+
+def _pick_restricted(
+    conn: sqlite3.Connection, now: float, limit: int, queues: Collection[str] | None, restricted: list[sqlite3.Row]
+) -> list[int]:
+    """Claim order across the queues this engine may start jobs from now: not paused, below their concurrency
+    (counted over every engine), and among `queues` if the engine serves only some. Each queue's candidates come
+    from its own index, so a paused queue's backlog is never walked."""
+    room: dict[str, int | None] = {}  # queue -> jobs it may still start (None: no limit of its own)
+    names = [r[0] for r in conn.execute("SELECT name FROM queues")] if queues is None else list(queues)
+    limits = {r["name"]: (None if r["paused"] else r["concurrency"]) for r in restricted}
+    limited = [q for q in names if limits.get(q)]
+    running = dict(conn.execute(
+        f"SELECT queue, count(*) FROM jobs WHERE state = 'processing' AND queue IN ({_marks(len(limited))}) "
+        "GROUP BY queue", limited).fetchall()) if limited else {}
+    for name in names:
+        if name in limits and limits[name] is None:
+            continue  # paused
+        cap = limits.get(name) or None
+        room[name] = None if cap is None else cap - running.get(name, 0)
+    candidates: list[tuple[int, float, int, str]] = []  # claim order first: (-priority, run_at, seq, queue)
+    for name, left in room.items():
+        if left is not None and left <= 0:
+            continue
+        candidates += (tuple(r) for r in conn.execute(
+            f"""SELECT -priority, run_at, seq, queue FROM jobs INDEXED BY jobs_claim_queue
+                WHERE queue = ? AND {_RUNNABLE} AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?""",
+            (name, now, limit if left is None else min(limit, left))))
+    picked: list[int] = []
+    for _, _, seq, name in sorted(candidates):
+        left = room[name]
+        if left is not None:
+            if left <= 0:
+                continue
+            room[name] = left - 1
+        picked.append(seq)
+        if len(picked) == limit:
+            break
+    return picked
 
 
 def finish(
@@ -45,24 +98,37 @@ def finish(
     state: JobState,
     run_at: float | None,
 ) -> bool:
-    """Close an attempt and move the job to `state` (completed, failed with run_at, or dead)."""
-    counted = 1
-    finished_at = outcome.finished_at if state in (JobState.COMPLETED, JobState.DEAD) else None
+    """Close an attempt and move the job to `state` (completed, failed with run_at, dead or cancelled); a job
+    that `queuectl cancel` asked to stop ends cancelled instead of being retried. Its dependants follow."""
+    finished_at = outcome.finished_at if state in TERMINAL_STATES else None
     with write_tx(conn):
-        cur = conn.execute(
-            """UPDATE jobs SET state = ?, attempts = attempts + ?, run_at = COALESCE(?, run_at),
+        row = conn.execute(
+            """UPDATE jobs SET state = ?, attempts = attempts + 1, run_at = COALESCE(?, run_at),
                    finished_at = ?, updated_at = ?, exit_code = ?, last_error = ?, engine_id = NULL
-               WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ?""",
-            (state, counted, run_at, finished_at, outcome.finished_at, outcome.exit_code, outcome.error,
+               WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ? RETURNING cancel_requested""",
+            (state, run_at, finished_at, outcome.finished_at, outcome.exit_code, outcome.error,
              claim.job.seq, engine_id, claim.attempt),
-        )
-        if cur.rowcount == 0:
+        ).fetchone()
+        if row is None:
             return False
+        if row[0] and state not in TERMINAL_STATES:
+            state = JobState.CANCELLED
+            conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE seq = ?",
+                         (outcome.finished_at, claim.job.seq))
         status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
+            AttemptStatus.CANCELLED if state == JobState.CANCELLED else
             AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
         _insert_attempt(conn, claim, engine_id, status, outcome.started_at, outcome.finished_at,
                         outcome.exit_code, outcome.timed_out, outcome.error, outcome.output_tail, outcome.log_path)
+        _follow_end(conn, claim.job.id, state, outcome.finished_at)
     return True
+
+
+def _follow_end(conn: sqlite3.Connection, job_id: str, state: JobState, now: float) -> None:
+    if state == JobState.COMPLETED:
+        sqlite_deps.promote(conn, job_id, now)
+    elif state in (JobState.DEAD, JobState.CANCELLED):
+        sqlite_deps.cancel_dependants(conn, job_id, state, now)
 
 
 def _insert_attempt(
@@ -80,16 +146,19 @@ def _insert_attempt(
 
 def release(conn: sqlite3.Connection, claim: Claim, engine_id: str, now: float, reason: str) -> bool:
     with write_tx(conn):
-        cur = conn.execute(
-            """UPDATE jobs SET state = 'pending', run_at = ?, updated_at = ?, engine_id = NULL
-               WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ?""",
-            (now, now, claim.job.seq, engine_id, claim.attempt),
-        )
-        if cur.rowcount == 0:
+        row = conn.execute(
+            """UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END,
+                   run_at = ?, updated_at = ?, engine_id = NULL,
+                   finished_at = CASE WHEN cancel_requested = 1 THEN ? END
+               WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ? RETURNING state""",
+            (now, now, now, claim.job.seq, engine_id, claim.attempt),
+        ).fetchone()
+        if row is None:
             return False
         started = claim.job.started_at if claim.job.started_at is not None else now
         _insert_attempt(conn, claim, engine_id, AttemptStatus.INTERRUPTED, started, now, None, False, reason,
                         None, None)
+        _follow_end(conn, claim.job.id, JobState(row[0]), now)
     return True
 
 
@@ -104,19 +173,29 @@ def _check_ids(conn: sqlite3.Connection, ids: Sequence[str], allowed: Callable[[
 
 def retry_dead(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float) -> list[str]:
     sets = "state = 'pending', attempts = 0, run_at = ?, updated_at = ?, finished_at = NULL"
-    with write_tx(conn):
-        if ids is None:
-            rows = conn.execute(f"UPDATE jobs SET {sets} WHERE state = 'dead' RETURNING id", (now, now))
-            return [r["id"] for r in rows.fetchall()]
-        _check_ids(conn, ids, lambda s: s == JobState.DEAD, "retried from the dead-letter queue")
-        for part in _chunks(ids):
-            conn.execute(f"UPDATE jobs SET {sets} WHERE id IN ({_marks(len(part))})", (now, now, *part))
+    try:
+        with write_tx(conn):
+            if ids is None:
+                rows = conn.execute(f"UPDATE jobs SET {sets} WHERE state = 'dead' RETURNING id", (now, now))
+                ids = [r["id"] for r in rows.fetchall()]
+            else:
+                _check_ids(conn, ids, lambda s: s == JobState.DEAD, "retried from the dead-letter queue")
+                for part in _chunks(ids):
+                    conn.execute(f"UPDATE jobs SET {sets} WHERE id IN ({_marks(len(part))})", (now, now, *part))
+            sqlite_deps.revive_dependants(conn, ids, now)
+    except sqlite3.IntegrityError:  # the unique index: a newer active job took the key meanwhile
+        raise ConflictError("cannot retry: a job with the same unique key is active now") from None
     return list(ids)
 
 
 def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     with write_tx(conn):
         _check_ids(conn, ids, lambda s: s != JobState.PROCESSING, "deleted while it runs")
+        waiting = sqlite_deps.waiting_dependants(conn, ids)
+        if waiting:
+            dep, dependant = next(iter(waiting.items()))
+            raise ConflictError(f"job {dep!r} cannot be deleted: job {dependant!r} runs after it "
+                                f"(cancel or delete that one first)")
         for part in _chunks(ids):
             conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(len(part))})", part)
     return list(ids)
@@ -142,15 +221,23 @@ def get(conn: sqlite3.Connection, job_id: str) -> Job:
 
 
 def list_jobs(
-    conn: sqlite3.Connection, state: JobState | None, limit: int, offset: int, oldest_first: bool
+    conn: sqlite3.Connection, state: JobState | None, limit: int, offset: int, oldest_first: bool,
+    queue: str | None = None, tag: str | None = None,
 ) -> list[Job]:
     order = "ASC" if oldest_first else "DESC"
-    if state is None:
-        rows = conn.execute(f"SELECT * FROM jobs ORDER BY seq {order} LIMIT ? OFFSET ?", (limit, offset))
-    else:
-        rows = conn.execute(
-            f"SELECT * FROM jobs WHERE state = ? ORDER BY seq {order} LIMIT ? OFFSET ?", (state, limit, offset)
-        )
+    where: list[str] = []
+    params: list[object] = []
+    if state is not None:
+        where.append("state = ?")
+        params.append(state)
+    if queue is not None:
+        where.append("queue = ?")
+        params.append(queue)
+    if tag is not None:
+        where.append("seq IN (SELECT job_seq FROM job_tags WHERE tag = ?)")
+        params.append(tag)
+    sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = conn.execute(f"{sql} ORDER BY seq {order} LIMIT ? OFFSET ?", (*params, limit, offset))
     return [Job.from_row(r) for r in rows]
 
 
@@ -251,10 +338,13 @@ def recover(conn: sqlite3.Connection, now: float, stale_before: float, dead_engi
                             job.started_at if job.started_at is not None else now, now, None, False, reason,
                             None, None)
             conn.execute(
-                """UPDATE jobs SET state = 'pending', run_at = ?, updated_at = ?, engine_id = NULL
-                   WHERE seq = ?""",
-                (now, now, job.seq),
+                """UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END,
+                       finished_at = CASE WHEN cancel_requested = 1 THEN ? END, run_at = ?, updated_at = ?,
+                       engine_id = NULL WHERE seq = ?""",
+                (now, now, now, job.seq),
             )
+            if job.cancel_requested:
+                _follow_end(conn, job.id, JobState.CANCELLED, now)
     return [r["id"] for r in orphans]
 
 

@@ -88,6 +88,71 @@ MIGRATIONS: list[list[str]] = [
     [
         "CREATE INDEX attempts_finished ON attempts(finished_at, status, started_at)",
     ],
+    # 3: named queues, dependencies, cancellation, unique keys, environment, tags, cron entries, webhooks.
+    [
+        "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN env TEXT",  # JSON object
+        "ALTER TABLE jobs ADD COLUMN tags TEXT",  # JSON array; job_tags is what --tag searches
+        "ALTER TABLE jobs ADD COLUMN after TEXT",  # JSON array; job_deps is what the engine follows
+        "ALTER TABLE jobs ADD COLUMN deps_left INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN blocked_by TEXT",
+        "ALTER TABLE jobs ADD COLUMN cron TEXT",
+        "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        "INSERT INTO state_counts(state, n) VALUES ('waiting', 0), ('cancelled', 0)",
+        # A claim restricted to some queues (paused or limited ones, or `run --queue`) walks each queue's own
+        # runnable jobs in claim order instead of skipping another queue's backlog.
+        """CREATE INDEX jobs_claim_queue ON jobs(queue, priority DESC, run_at, seq)
+           WHERE state IN ('pending', 'failed')""",
+        # The database itself refuses a second active job with the same key, whichever process enqueues it.
+        """CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key)
+           WHERE unique_key IS NOT NULL AND state IN ('pending', 'waiting', 'failed', 'processing')""",
+        "CREATE INDEX jobs_blocked ON jobs(blocked_by) WHERE blocked_by IS NOT NULL",
+        "CREATE INDEX jobs_cancel ON jobs(engine_id) WHERE cancel_requested = 1",
+        # dep_id first: a finished job finds its dependants by index, O(its dependants), not a scan.
+        """CREATE TABLE job_deps (
+            dep_id TEXT NOT NULL,
+            job_seq INTEGER NOT NULL REFERENCES jobs(seq) ON DELETE CASCADE,
+            PRIMARY KEY (dep_id, job_seq)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX job_deps_job ON job_deps(job_seq)",
+        """CREATE TABLE job_tags (
+            tag TEXT NOT NULL,
+            job_seq INTEGER NOT NULL REFERENCES jobs(seq) ON DELETE CASCADE,
+            PRIMARY KEY (tag, job_seq)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX job_tags_job ON job_tags(job_seq)",
+        """CREATE TABLE queues (
+            name TEXT PRIMARY KEY,
+            concurrency INTEGER NOT NULL DEFAULT 0,
+            paused INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+        "INSERT INTO queues(name) VALUES ('default')",
+        """CREATE TABLE crons (
+            name TEXT PRIMARY KEY,
+            schedule TEXT NOT NULL,
+            command TEXT NOT NULL,
+            cwd TEXT NOT NULL,
+            queue TEXT NOT NULL DEFAULT 'default',
+            priority INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER,
+            timeout_s REAL,
+            env TEXT,
+            paused INTEGER NOT NULL DEFAULT 0,
+            catch_up INTEGER NOT NULL DEFAULT 0,
+            next_run_at REAL NOT NULL,
+            last_run_at REAL,
+            last_job_id TEXT,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE webhooks (
+            id INTEGER PRIMARY KEY,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            secret TEXT,
+            created_at REAL NOT NULL
+        )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
