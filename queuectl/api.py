@@ -235,7 +235,7 @@ class Queue:
             if missing:
                 raise NotFoundError(f"no job {missing[0]!r}")
             if all(s in TERMINAL_STATES for s in states.values()):
-                return states
+                return {i: states[i] for i in ids}
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
             await asyncio.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))

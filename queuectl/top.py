@@ -93,9 +93,9 @@ def _counts(status: Status) -> list[Line]:
     by_state = status.counts.by_state
     head: Line = []
     values: Line = []
-    for state in STATE_STYLE:
+    for state, sgr in STATE_STYLE.items():
         head.append((f"{state.value.upper():>12}", DIM))
-        style = STATE_STYLE[state] + ";1" if STATE_STYLE[state] else BOLD
+        style = sgr + ";1" if sgr else BOLD
         values.append((f"{_num(by_state.get(state, 0)):>12}", style))
     head.append((f"{'TOTAL':>12}", DIM))
     values.append((f"{_num(status.counts.total):>12}", BOLD))
