@@ -346,7 +346,8 @@ def test_cli_end_to_end_with_two_engine_processes(tmp_path: Path, url: str, sche
 
     status = run_proc("status", "--json", home=homes[0], env=env)
     assert status.code == 0, status.err
-    assert status.json()["counts"] == {"pending": 0, "processing": 0, "completed": 33, "failed": 0, "dead": 1}
+    assert status.json()["counts"] == {"pending": 0, "waiting": 0, "processing": 0, "completed": 33, "failed": 0,
+                                       "dead": 1, "cancelled": 0}
     listed = run_proc("list", "--state", "completed", "--limit", "100", "--json", home=homes[1], env=env).json()
     assert sorted(j["id"] for j in listed) == sorted([f"cli{i}" for i in range(3)] + [f"batch{i:02d}"
                                                                                       for i in range(30)])

@@ -4,13 +4,14 @@ psycopg 3 with a psycopg_pool connection pool; every operation is one statement 
 transaction on one pooled connection. Claiming is one UPDATE over a `FOR UPDATE SKIP LOCKED` pick, so engines
 never wait for, nor take, each other's jobs. Wake-ups: triggers NOTIFY at commit when a job becomes pending or
 the config changes; `subscribe` LISTENs on a dedicated connection that reconnects with backoff. Schema,
-migrations and error messages: postgres_schema.
+migrations and error messages: postgres_schema. Queues, dependencies, cancellation, cron entries: postgres_sched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import secrets
@@ -28,9 +29,10 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from queuectl.errors import ConflictError, NotFoundError, StoreError
 from queuectl.jobspec import NewJob
-from queuectl.models import Attempt, AttemptStatus, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.models import TERMINAL_STATES, Attempt, AttemptStatus, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.store import postgres_sched as sched
 from queuectl.store import postgres_schema as schema
-from queuectl.store.base import Store
+from queuectl.store.postgres_sched import PostgresSched, lock_states
 from queuectl.store.postgres_schema import Query
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ TEST_SCHEMA_PREFIX = "queuectl_test_"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresSched):
     """A queue in a PostgreSQL schema, shared by any number of engines on any number of hosts."""
 
     #: Seconds an operation waits for a pooled connection before failing (the pool reconnects meanwhile).
@@ -189,34 +191,26 @@ class PostgresStore(Store):
 
     # ---- jobs: writing -------------------------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[NewJob], *, now: float, replace: bool = False) -> list[str]:
-        ids = [j.id for j in jobs]
-        if not ids:
-            return []
-        params = {
-            "now": now, "ids": ids, "commands": [j.command for j in jobs],
-            "max_retries": [j.max_retries for j in jobs], "priorities": [j.priority for j in jobs],
-            "run_ats": [j.run_at for j in jobs], "timeouts": [j.timeout_s for j in jobs], "cwds": [j.cwd for j in jobs],
-        }
-        async with self._conn() as conn, conn.transaction():
-            if replace:
-                existing = await _lock_states(conn, ids)
-                busy = [i for i in ids if existing.get(i) == JobState.PROCESSING]
-                if busy:
-                    raise ConflictError(f"job {busy[0]!r} is running and cannot be replaced")
-                if existing:
-                    await conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (list(existing),))
-            cur = await conn.execute(schema.ENQUEUE, params)
-            inserted = {r["id"] for r in await cur.fetchall()}
-            if len(inserted) < len(ids):
-                taken = next((i for i in ids if i not in inserted), None) or _first_duplicate(ids)
-                raise ConflictError(f"job {taken!r} already exists (use --replace to overwrite it)")
-        return ids
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, now: float, replace: bool = False, if_exists: str = "error"
+    ) -> list[str]:
+        async with self._conn() as conn:
+            return await sched.enqueue(conn, jobs, now, replace, if_exists)
 
-    async def claim_due(self, engine_id: str, *, now: float, limit: int) -> list[Claim]:
+    async def claim_due(
+        self, engine_id: str, *, now: float, limit: int, queues: Collection[str] | None = None
+    ) -> list[Claim]:
         if limit < 1:
             return []
-        rows = await self._rows(schema.CLAIM, {"engine": engine_id, "now": now, "limit": limit})
+        rows: list[DictRow] = []
+        restricted = False
+        if queues is None:  # the common case: one statement, unless some queue is paused or limited
+            rows = await self._rows(schema.CLAIM, {"engine": engine_id, "now": now, "limit": limit})
+            restricted = any(r["q_restricted"] for r in rows)
+            rows = [r for r in rows if r["seq"] is not None]
+        if queues is not None or restricted:
+            async with self._conn() as conn:
+                rows = await sched.claim_restricted(conn, engine_id, now, limit, queues)
         claims = [Claim(job=Job.from_row(r), attempt=r["runs"]) for r in rows]
         claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.seq))
         return claims
@@ -230,42 +224,69 @@ class PostgresStore(Store):
     async def bury(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
         return await self._finish(claim, engine_id, outcome, JobState.DEAD, None)
 
+    async def bury_cancelled(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
+        return await self._finish(claim, engine_id, outcome, JobState.CANCELLED, None)
+
     async def _finish(
         self, claim: Claim, engine_id: str, outcome: Outcome, state: JobState, run_at: float | None
     ) -> bool:
         status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
+            AttemptStatus.CANCELLED if state == JobState.CANCELLED else
             AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
-        rows = await self._rows(schema.FINISH, {
-            "state": state.value, "run_at": run_at, "ended": outcome.finished_at,
-            "finished_at": outcome.finished_at if state in (JobState.COMPLETED, JobState.DEAD) else None,
-            "exit_code": outcome.exit_code, "error": outcome.error, "seq": claim.job.seq, "engine": engine_id,
-            "attempt": claim.attempt, "status": status.value, "started": outcome.started_at,
-            "timed_out": outcome.timed_out, "tail": outcome.output_tail, "log_path": outcome.log_path,
-        })
-        return bool(rows)
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(schema.FINISH, {
+                "state": state.value, "run_at": run_at, "ended": outcome.finished_at,
+                "finished_at": outcome.finished_at if state in TERMINAL_STATES else None,
+                "exit_code": outcome.exit_code, "error": outcome.error, "seq": claim.job.seq, "engine": engine_id,
+                "attempt": claim.attempt, "status": status.value, "started": outcome.started_at,
+                "timed_out": outcome.timed_out, "tail": outcome.output_tail, "log_path": outcome.log_path,
+            })
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            # A later statement of the same transaction: it sees dependants enqueued before our row lock.
+            await sched.follow_end(conn, row["id"], row["state"], outcome.finished_at)
+        return True
 
     async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
         started = claim.job.started_at if claim.job.started_at is not None else now
-        rows = await self._rows(schema.RELEASE, {"now": now, "seq": claim.job.seq, "engine": engine_id,
-                                                 "attempt": claim.attempt, "started": started, "reason": reason})
-        return bool(rows)
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(schema.RELEASE, {"now": now, "seq": claim.job.seq, "engine": engine_id,
+                                                      "attempt": claim.attempt, "started": started, "reason": reason})
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await sched.follow_end(conn, row["id"], row["state"], now)  # cancelled if `queuectl cancel` asked
+        return True
 
     async def retry_dead(self, job_ids: Sequence[str] | None, *, now: float) -> list[str]:
-        sets = "state = 'pending', attempts = 0, run_at = %(now)s, updated_at = %(now)s, finished_at = NULL"
-        if job_ids is None:
-            rows = await self._rows(f"UPDATE jobs SET {sets} WHERE state = 'dead' RETURNING seq, id", {"now": now})
-            return [r["id"] for r in sorted(rows, key=lambda r: r["seq"])]
-        ids = list(job_ids)
-        async with self._conn() as conn, conn.transaction():
-            _check_ids(ids, await _lock_states(conn, ids), lambda s: s == JobState.DEAD,
-                       "retried from the dead-letter queue")
-            await conn.execute(f"UPDATE jobs SET {sets} WHERE id = ANY(%(ids)s)", {"now": now, "ids": ids})
+        sets = ("state = 'pending', attempts = 0, run_at = %(now)s, updated_at = %(now)s, finished_at = NULL, "
+                "cancel_requested = false")
+        async with self._conn() as conn:
+            try:
+                async with conn.transaction():
+                    if job_ids is None:
+                        cur = await conn.execute(f"UPDATE jobs SET {sets} WHERE state = 'dead' RETURNING seq, id",
+                                                 {"now": now})
+                        ids = [r["id"] for r in sorted(await cur.fetchall(), key=lambda r: r["seq"])]
+                    else:
+                        ids = list(job_ids)
+                        _check_ids(ids, await lock_states(conn, ids), lambda s: s == JobState.DEAD,
+                                   "retried from the dead-letter queue")
+                        await conn.execute(f"UPDATE jobs SET {sets} WHERE id = ANY(%(ids)s)", {"now": now, "ids": ids})
+                    await sched.revive_dependants(conn, ids, now)
+            except psycopg.errors.UniqueViolation:  # jobs_unique: a newer active job took the key meanwhile
+                raise ConflictError("cannot retry: a job with the same unique key is active now") from None
         return ids
 
     async def delete(self, job_ids: Sequence[str]) -> list[str]:
         ids = list(job_ids)
         async with self._conn() as conn, conn.transaction():
-            _check_ids(ids, await _lock_states(conn, ids), lambda s: s != JobState.PROCESSING, "deleted while it runs")
+            _check_ids(ids, await lock_states(conn, ids), lambda s: s != JobState.PROCESSING, "deleted while it runs")
+            waiting = await sched.waiting_dependant(conn, ids)
+            if waiting is not None:
+                raise ConflictError(f"job {waiting[0]!r} cannot be deleted: job {waiting[1]!r} runs after it "
+                                    "(cancel or delete that one first)")
             await conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
         return ids
 
@@ -287,15 +308,23 @@ class PostgresStore(Store):
         return Job.from_row(rows[0])
 
     async def list_jobs(
-        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False
+        self, *, state: JobState | None = None, limit: int = 50, offset: int = 0, oldest_first: bool = False,
+        queue: str | None = None, tag: str | None = None,
     ) -> list[Job]:
-        order = "ASC" if oldest_first else "DESC"
-        if state is None:
-            rows = await self._rows(f"SELECT * FROM jobs ORDER BY seq {order} LIMIT %s OFFSET %s", (limit, offset))
-        else:
-            rows = await self._rows(f"SELECT * FROM jobs WHERE state = %s ORDER BY seq {order} LIMIT %s OFFSET %s",
-                                    (state.value, limit, offset))
-        return [Job.from_row(r) for r in rows]
+        where: list[str] = []
+        params: dict[str, object] = {"limit": limit, "offset": offset}
+        if state is not None:
+            where.append("state = %(state)s")
+            params["state"] = JobState(state).value
+        if queue is not None:
+            where.append("queue = %(queue)s")
+            params["queue"] = queue
+        if tag is not None:
+            where.append("tags @> %(tag)s::jsonb")  # the jobs_tags index
+            params["tag"] = json.dumps([tag])
+        query = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        query += f" ORDER BY seq {'ASC' if oldest_first else 'DESC'} LIMIT %(limit)s OFFSET %(offset)s"
+        return [Job.from_row(r) for r in await self._rows(query, params)]
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         rows = await self._rows("SELECT * FROM attempts WHERE job_id = %s ORDER BY number", (job_id,))
@@ -390,7 +419,11 @@ class PostgresStore(Store):
                 return []
             cur = await conn.execute(schema.RECOVER, {"now": now, "stale": stale_before,
                                                       "dead": list(dead_engine_ids)})
-            return [r["id"] for r in await cur.fetchall()]
+            rows = await cur.fetchall()
+            for r in rows:
+                if r["cancel_requested"]:  # `queuectl cancel` asked: it ends cancelled, its dependants with it
+                    await sched.cancel_dependants(conn, r["id"], JobState.CANCELLED, now)
+            return [r["id"] for r in rows]
 
     # ---- watching ------------------------------------------------------------------------------------------------
 
@@ -466,27 +499,12 @@ class PostgresStore(Store):
         return [Job.from_row(r) for r in await self._rows(query, params)]
 
 
-async def _lock_states(conn: Conn, ids: Sequence[str]) -> dict[str, str]:
-    """States of the given jobs that exist, each row locked until the end of the transaction."""
-    cur = await conn.execute("SELECT id, state FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (list(ids),))
-    return {r["id"]: r["state"] for r in await cur.fetchall()}
-
-
 def _check_ids(ids: Sequence[str], states: dict[str, str], allowed: Callable[[str], bool], verb: str) -> None:
     for job_id in ids:
         if job_id not in states:
             raise NotFoundError(f"no job {job_id!r}")
         if not allowed(states[job_id]):
             raise ConflictError(f"job {job_id!r} is {states[job_id]} and cannot be {verb}")
-
-
-def _first_duplicate(ids: Sequence[str]) -> str:
-    seen: set[str] = set()
-    for job_id in ids:
-        if job_id in seen:
-            return job_id
-        seen.add(job_id)
-    return "?"
 
 
 class _Listener:

@@ -172,7 +172,8 @@ def _check_ids(conn: sqlite3.Connection, ids: Sequence[str], allowed: Callable[[
 
 
 def retry_dead(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float) -> list[str]:
-    sets = "state = 'pending', attempts = 0, run_at = ?, updated_at = ?, finished_at = NULL"
+    # A cancel request the job ended dead before its engine saw must not cancel the retried job's next attempt.
+    sets = "state = 'pending', attempts = 0, run_at = ?, updated_at = ?, finished_at = NULL, cancel_requested = 0"
     try:
         with write_tx(conn):
             if ids is None:
