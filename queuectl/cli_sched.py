@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from queuectl import cron, jobspec, output, webhooks
+from queuectl import cron, jobspec, output
 from queuectl.cli import JsonOpt, app, call
 from queuectl.errors import QueueCtlError, ValidationError
 from queuectl.models import JobState
@@ -191,12 +191,15 @@ def cron_resume(name: Annotated[str, typer.Argument(help="Cron entry name.")]) -
 @webhook_app.command("add")
 def webhook_add(
     url: Annotated[str, typer.Argument(help="http:// or https:// URL.")],
-    events: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(webhooks.EVENTS)}.")] = "dead",
+    events: Annotated[str, typer.Option(
+        help="Comma-separated: completed, failed, timed_out, dead, cancelled.")] = "dead",
     secret: Annotated[str | None, typer.Option(
         envvar="QUEUECTL_WEBHOOK_SECRET", help="Sign each body with HMAC-SHA256 (header X-Queuectl-Signature).")]
     = None,
 ) -> None:
     """POST a JSON event to URL whenever a job has one of these events."""
+    from queuectl import webhooks  # urllib is slow to import: only this command needs it
+
     checked = webhooks.validate_url(url)
     names = webhooks.parse_events(events)
     if secret is not None and not secret:

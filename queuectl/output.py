@@ -178,9 +178,9 @@ def status_text(s: Status) -> None:
     print(f"oldest due job waiting: {human_duration(age) if age is not None else '-'}")
     special = [q for q in s.queues if q.paused or q.concurrency or q.name != "default"]
     if special:
-        print("queues: " + "  ".join(
-            f"{q.name}{' (paused)' if q.paused else ''}{f' max {q.concurrency}' if q.concurrency else ''} "
-            f"{q.running} running {q.runnable} waiting" for q in special))
+        print("queues: " + "   ".join(
+            f"{q.name}{' (paused)' if q.paused else ''}{f' (max {q.concurrency})' if q.concurrency else ''}: "
+            f"{q.running} running, {q.runnable} to run" for q in special))
     if not s.engines:
         print("engines: none running (start one with `queuectl run`)")
         return

@@ -535,3 +535,16 @@ def test_run_with_dashboard_refuses_a_busy_port_before_starting(home: Path, tmp_
         result = run_proc("run", "--dashboard", "--dashboard-port", str(port), home=home)
     assert result.code == 1 and f"cannot listen on 127.0.0.1:{port}" in result.err
     assert "started with" not in result.err  # the engine never started
+
+
+def test_overview_shows_queues_and_which_are_paused(fresh: Site) -> None:
+    assert run_proc("queue", "add", "gpu", "--concurrency", "2", home=fresh.home).code == 0
+    assert run_proc("pause", "gpu", home=fresh.home).code == 0
+
+    def shown() -> str | None:
+        page = get(fresh.at("/")).text
+        return page if "gpu" in page.split('id="queues"')[1] else None
+
+    page = wait_until(shown, 10, "the overview to list queue gpu")
+    row = page.split('id="queues"')[1].split("gpu", 1)[1].split("</tr>")[0]
+    assert "paused" in row and ">2<" in row

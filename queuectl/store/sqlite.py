@@ -26,7 +26,7 @@ from queuectl.models import (
 )
 from queuectl.store import sqlite_ops as ops
 from queuectl.store import sqlite_sched as sched
-from queuectl.store import sqlite_schema, sqlite_tx
+from queuectl.store import sqlite_schema, sqlite_stats, sqlite_tx
 from queuectl.store.base import Store
 
 if TYPE_CHECKING:
@@ -239,13 +239,13 @@ class SQLiteStore(Store):
     async def stats(
         self, *, since: float, until: float, samples: int = 0, bucket_s: float | None = None, top: int = 0
     ) -> StatsRow:
-        return await self._run(ops.stats, since, until, samples, bucket_s, top)
+        return await self._run(sqlite_stats.stats, since, until, samples, bucket_s, top)
 
     async def search_jobs(
         self, *, text: str | None = None, state: JobState | None = None, below_seq: int | None = None,
         above_seq: int | None = None, limit: int = 50, newest_first: bool = True,
     ) -> list[Job]:
-        return await self._run(ops.search_jobs, text, state, below_seq, above_seq, limit, newest_first)
+        return await self._run(sqlite_stats.search_jobs, text, state, below_seq, above_seq, limit, newest_first)
 
 
 def _finish(
