@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from benchmarks import enqueue, latency, scale, throughput
+from benchmarks import enqueue, latency, scale, sched, throughput
 from benchmarks.common import Row, finish_report
 
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
@@ -21,6 +21,10 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "pickup_latency": latency.pickup_latency,
     "retry_punctuality": latency.retry_punctuality,
     "scale": scale.scale,
+    "dependency_pickup": sched.dependency_pickup,
+    "resume_pickup": sched.resume_pickup,
+    "cron_punctuality": sched.cron_punctuality,
+    "dependency_cost": sched.dependency_cost,
 }
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)

@@ -63,7 +63,7 @@ _SETTABLE = {"id", "command", "priority", "max_retries", "run_at", "delay", "tim
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,63}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_TAGS = 32
-MAX_AFTER = 1_000
+MAX_AFTER = 10_000
 MAX_ENV_BYTES = 64 << 10
 _IGNORED = {"state", "attempts", "created_at", "updated_at"}
 

@@ -26,8 +26,9 @@ from psycopg.rows import DictRow
 from queuectl import cron
 from queuectl.errors import ConflictError, NotFoundError
 from queuectl.jobspec import NewJob
-from queuectl.models import TERMINAL_STATES, CronEntry, JobState, QueueInfo, Webhook
+from queuectl.models import CronEntry, JobState, QueueInfo, Webhook
 from queuectl.store import postgres_schema as schema
+from queuectl.store import rules
 from queuectl.store.base import Store
 from queuectl.store.postgres_schema import Query
 
@@ -134,15 +135,8 @@ async def _enqueue_rich(conn: Conn, jobs: Sequence[NewJob], now: float, if_exist
                 result.append(holders[job.unique_key][0])
                 continue
             raise _key_taken(job.unique_key, *holders[job.unique_key])
-        left = 0
-        for dep in job.after:
-            state = batch.get(dep, dep_states.get(dep))
-            if state is None:
-                raise NotFoundError(f"job {job.id!r} cannot run after {dep!r}: there is no such job")
-            if state in ("dead", "cancelled"):
-                raise ConflictError(f"job {job.id!r} cannot run after {dep!r}: it is {state} and will not complete "
-                                    f"(retry it first: queuectl dlq retry {dep})")
-            left += state != "completed"
+        known = {d: s for d in job.after if (s := batch.get(d, dep_states.get(d))) is not None}
+        left = rules.deps_left(job.id, job.after, known)
         state = "waiting" if left else "pending"
         if job.unique_key is not None:
             holders[job.unique_key] = (job.id, state)
@@ -375,14 +369,7 @@ class PostgresSched(Store):
     async def cancel(self, job_ids: Sequence[str], *, now: float) -> tuple[list[str], list[str]]:
         ids = list(job_ids)
         async with self._conn() as conn, conn.transaction():
-            states = await lock_states(conn, ids)
-            for job_id in ids:
-                if job_id not in states:
-                    raise NotFoundError(f"no job {job_id!r}")
-                if states[job_id] in TERMINAL_STATES:
-                    raise ConflictError(f"job {job_id!r} is {states[job_id]} and cannot be cancelled")
-            done = [i for i in ids if states[i] != JobState.PROCESSING]
-            running = [i for i in ids if states[i] == JobState.PROCESSING]
+            done, running = rules.split_cancellable(ids, await lock_states(conn, ids))
             if done:
                 await conn.execute("""UPDATE jobs SET state = 'cancelled', finished_at = %(now)s, updated_at = %(now)s,
                                              last_error = %(why)s WHERE id = ANY(%(ids)s)""",

@@ -11,8 +11,8 @@ from collections.abc import Collection, Sequence
 
 from queuectl import cron
 from queuectl.errors import ConflictError, NotFoundError
-from queuectl.models import TERMINAL_STATES, CronEntry, JobState, QueueInfo, Webhook
-from queuectl.store import sqlite_deps
+from queuectl.models import CronEntry, JobState, QueueInfo, Webhook
+from queuectl.store import rules, sqlite_deps
 from queuectl.store.sqlite_tx import _chunks, _insert_one, _marks, _states_of, write_tx
 
 # ---- queues ---------------------------------------------------------------------------------------------------
@@ -90,14 +90,7 @@ def cancel(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> tuple[li
     """Jobs not running become cancelled at once (with their dependants); running ones are flagged for their
     engine to terminate. Returns (cancelled, being cancelled). Refuses unknown and finished jobs, changing nothing."""
     with write_tx(conn):
-        states = _states_of(conn, ids)
-        for job_id in ids:
-            if job_id not in states:
-                raise NotFoundError(f"no job {job_id!r}")
-            if states[job_id] in TERMINAL_STATES:
-                raise ConflictError(f"job {job_id!r} is {states[job_id]} and cannot be cancelled")
-        done = [i for i in ids if states[i] != JobState.PROCESSING]
-        running = [i for i in ids if states[i] == JobState.PROCESSING]
+        done, running = rules.split_cancellable(ids, _states_of(conn, ids))
         for part in _chunks(done):
             conn.execute(
                 f"""UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, last_error = ?

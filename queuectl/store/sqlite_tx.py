@@ -9,7 +9,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from queuectl.errors import ConflictError, NotFoundError
+from queuectl.errors import ConflictError
+from queuectl.store import rules
 
 if TYPE_CHECKING:
     from queuectl.jobspec import NewJob
@@ -126,22 +127,8 @@ def _insert_one(conn: sqlite3.Connection, job: NewJob, now: float, if_exists: st
                 return str(holder[0])
             raise ConflictError(f"job {holder[0]!r} with unique key {job.unique_key!r} is still {holder[1]} "
                                 "(--if-exists ignore returns its id instead)")
-    left = _unfinished_deps(conn, job)
+    left = rules.deps_left(job.id, job.after, _states_of(conn, job.after))
     seq = conn.execute(_INSERT, _row(job, now, "waiting" if left else "pending", left)).lastrowid
     conn.executemany("INSERT INTO job_deps(dep_id, job_seq) VALUES (?, ?)", [(d, seq) for d in job.after])
     conn.executemany("INSERT INTO job_tags(tag, job_seq) VALUES (?, ?)", [(t, seq) for t in job.tags])
     return job.id
-
-
-def _unfinished_deps(conn: sqlite3.Connection, job: NewJob) -> int:
-    states = _states_of(conn, job.after)
-    left = 0
-    for dep in job.after:
-        state = states.get(dep)
-        if state is None:
-            raise NotFoundError(f"job {job.id!r} cannot run after {dep!r}: there is no such job")
-        if state in ("dead", "cancelled"):
-            raise ConflictError(f"job {job.id!r} cannot run after {dep!r}: it is {state} and will not complete "
-                                f"(retry it first: queuectl dlq retry {dep})")
-        left += state != "completed"
-    return left
