@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import os
 import secrets
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 from queuectl import config, orphans, retry, wakeup
+from queuectl import engine_duties as duties
 from queuectl.aio import finish_even_if_cancelled
+from queuectl.engine_options import EngineOptions, Summary, install_child_watcher
 from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUnavailableError
 from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, JobState, Outcome
@@ -36,68 +35,7 @@ from queuectl.store.base import Store
 from queuectl.timefmt import human_duration
 
 T = TypeVar("T")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EngineOptions:
-    home: Path
-    workers: int = 1
-    #: Bound on a graceful stop: after this, running jobs are terminated and given back.
-    grace_s: float | None = None
-    #: Exit once nothing runs, nothing is due and no retry is pending (for scripts and tests).
-    until_idle: bool = False
-    heartbeat_interval_s: float = 5.0
-    #: A heartbeat older than this marks an engine (on any host) as gone.
-    stale_after_s: float = 30.0
-    recover_interval_s: float = 10.0
-    #: Fallback check for changes made by other processes (the wake-up datagram is the fast path).
-    change_poll_s: float = 1.0
-    #: Longest sleep of an idle dispatcher: a bound on the effect of a wall-clock jump.
-    max_sleep_s: float = 5.0
-    window: int = 512
-    #: Under a storm of changes, the scheduler window is re-read at most this often.
-    refill_min_interval_s: float = 0.1
-    #: Consecutive store failures (each retried with backoff) before the engine gives up. A full disk or a lost
-    #: database connection is waited out instead.
-    max_store_failures: int = 6
-    #: Serve only these queues (None: every queue).
-    queues: tuple[str, ...] | None = None
-    #: Cancel requests are looked up at most this often under a storm of changes.
-    cancel_check_min_interval_s: float = 0.02
-
-
-@dataclasses.dataclass
-class Summary:
-    completed: int = 0
-    retried: int = 0
-    dead: int = 0
-    timed_out: int = 0
-    released: int = 0
-    recovered: int = 0
-    cancelled: int = 0
-    started_at: float = dataclasses.field(default_factory=time.time)
-
-    def line(self) -> str:
-        return (
-            f"engine stopped after {human_duration(time.time() - self.started_at)}: {self.completed} completed, "
-            f"{self.retried} failed and retrying, {self.dead} dead, {self.timed_out} timed out, "
-            f"{self.cancelled} cancelled, {self.released} given back, {self.recovered} recovered"
-        )
-
-
-def install_child_watcher() -> Callable[[], None]:
-    """Python 3.11 waits for each child with a thread of its own; a pidfd watcher needs none and spawns
-    25-40% faster here. 3.12+ already uses pidfds. Returns the undo, run when the engine exits."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return lambda: None
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return lambda: None
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(asyncio.get_running_loop())
-    asyncio.set_child_watcher(watcher)
-    return lambda: asyncio.set_child_watcher(None)  # type: ignore[arg-type]  # None: the next loop gets the default
+__all__ = ["Engine", "EngineOptions", "Summary", "install_child_watcher"]
 
 
 class Engine:
@@ -200,8 +138,12 @@ class Engine:
                 asyncio.create_task(self._every(self.options.heartbeat_interval_s, self._heartbeat), name="heartbeat"),
                 asyncio.create_task(self._every(self.options.recover_interval_s, self._recover), name="recovery"),
                 asyncio.create_task(self._every(self.options.change_poll_s, self._check_changes), name="change-watch"),
-                asyncio.create_task(self._cancel_watch(), name="cancel-watch"),
-                asyncio.create_task(self._cron_loop(), name="cron"),
+                asyncio.create_task(duties.cancel_watch(
+                    self.store, self.id, self._cancel_check, self._in_command, self._cancelling,
+                    self._note_store_failure, self.options.cancel_check_min_interval_s), name="cancel-watch"),
+                asyncio.create_task(duties.cron_loop(
+                    self.store, self._cron_wake, self._cron_enqueued, self._note_store_failure,
+                    self.options.max_sleep_s), name="cron"),
                 asyncio.create_task(self.notifier.sender.run(), name="webhooks"),
             ]
             self._workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
@@ -395,42 +337,10 @@ class Engine:
             if self.notifier.active:
                 self.notifier.job_ended("cancelled", claim.job, claim.attempt, outcome, "cancelled")
 
-    async def _cancel_watch(self) -> None:
-        """Terminate the commands of running jobs that `queuectl cancel` flagged."""
-        while True:
-            await self._cancel_check.wait()
-            self._cancel_check.clear()
-            if self._in_command:
-                try:
-                    flagged = await self.store.cancel_requests(self.id)
-                except StoreError as exc:
-                    self._note_store_failure(exc)
-                    flagged = []
-                for job_id in flagged:
-                    task = self._in_command.get(job_id)
-                    if task is not None and job_id not in self._cancelling:
-                        self._cancelling.add(job_id)
-                        task.cancel()
-            await asyncio.sleep(self.options.cancel_check_min_interval_s)
-
-    async def _cron_loop(self) -> None:
-        """Enqueue the jobs of due cron entries; sleep until the next due time or a change from elsewhere."""
-        while True:
-            self._cron_wake.clear()
-            try:
-                enqueued, next_at = await self.store.cron_tick(now=time.time())
-            except StoreError as exc:
-                self._note_store_failure(exc)
-                enqueued, next_at = [], None
-            if enqueued:
-                self.log.emit("cron", f"cron enqueued {', '.join(enqueued)}", jobs=enqueued)
-                self._dirty = True
-                self._wake.set()
-            timeout = self.options.max_sleep_s
-            if next_at is not None:
-                timeout = min(timeout, max(0.0, next_at - time.time()) + 0.0005)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cron_wake.wait(), timeout)
+    def _cron_enqueued(self, ids: list[str]) -> None:
+        self.log.emit("cron", f"cron enqueued {', '.join(ids)}", jobs=ids)
+        self._dirty = True
+        self._wake.set()
 
     async def _release(self, claim: Claim) -> None:
         ok = await self._store_call(lambda: self.store.release(

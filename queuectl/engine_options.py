@@ -1,0 +1,75 @@
+"""What an engine is started with and what it reports when it stops, and the child watcher it installs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from queuectl.timefmt import human_duration
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineOptions:
+    home: Path
+    workers: int = 1
+    #: Bound on a graceful stop: after this, running jobs are terminated and given back.
+    grace_s: float | None = None
+    #: Exit once nothing runs, nothing is due and no retry is pending (for scripts and tests).
+    until_idle: bool = False
+    heartbeat_interval_s: float = 5.0
+    #: A heartbeat older than this marks an engine (on any host) as gone.
+    stale_after_s: float = 30.0
+    recover_interval_s: float = 10.0
+    #: Fallback check for changes made by other processes (the wake-up datagram is the fast path).
+    change_poll_s: float = 1.0
+    #: Longest sleep of an idle dispatcher: a bound on the effect of a wall-clock jump.
+    max_sleep_s: float = 5.0
+    window: int = 512
+    #: Under a storm of changes, the scheduler window is re-read at most this often.
+    refill_min_interval_s: float = 0.1
+    #: Consecutive store failures (each retried with backoff) before the engine gives up. A full disk or a lost
+    #: database connection is waited out instead.
+    max_store_failures: int = 6
+    #: Serve only these queues (None: every queue).
+    queues: tuple[str, ...] | None = None
+    #: Cancel requests are looked up at most this often under a storm of changes.
+    cancel_check_min_interval_s: float = 0.02
+
+
+@dataclasses.dataclass
+class Summary:
+    completed: int = 0
+    retried: int = 0
+    dead: int = 0
+    timed_out: int = 0
+    released: int = 0
+    recovered: int = 0
+    cancelled: int = 0
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+    def line(self) -> str:
+        return (
+            f"engine stopped after {human_duration(time.time() - self.started_at)}: {self.completed} completed, "
+            f"{self.retried} failed and retrying, {self.dead} dead, {self.timed_out} timed out, "
+            f"{self.cancelled} cancelled, {self.released} given back, {self.recovered} recovered"
+        )
+
+
+def install_child_watcher() -> Callable[[], None]:
+    """Python 3.11 waits for each child with a thread of its own; a pidfd watcher needs none and spawns
+    25-40% faster here. 3.12+ already uses pidfds. Returns the undo, run when the engine exits."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return lambda: None
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return lambda: None
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+    return lambda: asyncio.set_child_watcher(None)  # type: ignore[arg-type]  # None: the next loop gets the default
