@@ -226,20 +226,18 @@ def list_jobs(
     queue: str | None = None, tag: str | None = None,
 ) -> list[Job]:
     order = "ASC" if oldest_first else "DESC"
-    where: list[str] = []
-    params: list[object] = []
-    if state is not None:
-        where.append("state = ?")
-        params.append(state)
-    if queue is not None:
-        where.append("queue = ?")
-        params.append(queue)
-    if tag is not None:
-        where.append("seq IN (SELECT job_seq FROM job_tags WHERE tag = ?)")
-        params.append(tag)
-    sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+    sql, params = select_jobs([("state = ?", state), ("queue = ?", queue),
+                               ("seq IN (SELECT job_seq FROM job_tags WHERE tag = ?)", tag)])
     rows = conn.execute(f"{sql} ORDER BY seq {order} LIMIT ? OFFSET ?", (*params, limit, offset))
     return [Job.from_row(r) for r in rows]
+
+
+def select_jobs(filters: Sequence[tuple[str, object]]) -> tuple[str, list[object]]:
+    """`SELECT * FROM jobs WHERE ...` with the filters whose value is given (not None); each `?` in a filter's SQL
+    takes that value."""
+    where = [(sql, value) for sql, value in filters if value is not None]
+    params = [value for sql, value in where for _ in range(sql.count("?"))]
+    return "SELECT * FROM jobs" + (" WHERE " + " AND ".join(sql for sql, _ in where) if where else ""), params
 
 
 def attempts(conn: sqlite3.Connection, job_id: str) -> list[Attempt]:

@@ -7,6 +7,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from queuectl.models import Job, JobState
+from queuectl.store.sqlite_ops import select_jobs
 
 if TYPE_CHECKING:
     from queuectl.stats import StatsRow
@@ -88,22 +89,7 @@ def search_jobs(
     conn: sqlite3.Connection, text: str | None, state: JobState | None, below_seq: int | None,
     above_seq: int | None, limit: int, newest_first: bool,
 ) -> list[Job]:
-    where: list[str] = []
-    params: list[object] = []
-    if state is not None:
-        where.append("state = ?")
-        params.append(state)
-    if below_seq is not None:
-        where.append("seq < ?")
-        params.append(below_seq)
-    if above_seq is not None:
-        where.append("seq > ?")
-        params.append(above_seq)
-    if text:
-        where.append("(instr(id, ?) = 1 OR instr(command, ?) > 0)")
-        params += [text, text]
-    sql = "SELECT * FROM jobs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    sql, params = select_jobs([("state = ?", state), ("seq < ?", below_seq), ("seq > ?", above_seq),
+                               ("(instr(id, ?) = 1 OR instr(command, ?) > 0)", text or None)])
     sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
     return [Job.from_row(r) for r in conn.execute(sql, (*params, limit))]
