@@ -110,6 +110,12 @@ KEYS: dict[str, Key] = {
             "time between SIGTERM and SIGKILL when a job is timed out or stopped"),
         Key("log-max-bytes", "log_max_bytes", "100MiB", _size_bytes,
             "largest log file per attempt; keeps its head and newest tail (0 = unlimited)"),
+        Key("retain-completed", "retain_completed_s", "none", _optional_duration,
+            "engines delete completed jobs (and their logs) this long after they finished (none = keep)"),
+        Key("retain-dead", "retain_dead_s", "none", _optional_duration,
+            "the same for dead jobs, the dead-letter queue (none = keep)"),
+        Key("retain-cancelled", "retain_cancelled_s", "none", _optional_duration,
+            "the same for cancelled jobs (none = keep)"),
         Key("on-success", "on_success", "", _hook,
             "shell command run when a job completes; placeholders like {id} (see README: finish hooks)"),
         Key("on-failure", "on_failure", "", _hook, "shell command run when an attempt fails and will be retried"),
@@ -127,6 +133,10 @@ class Settings:
     job_timeout_s: float | None = None
     kill_grace_s: float = 5.0
     log_max_bytes: int = 100 << 20
+    #: Finished jobs older than these are deleted by the engines' retention sweep (None = kept).
+    retain_completed_s: float | None = None
+    retain_dead_s: float | None = None
+    retain_cancelled_s: float | None = None
     #: Finish hook templates ("" = none).
     on_success: str = ""
     on_failure: str = ""

@@ -138,6 +138,7 @@ class Engine:
                 asyncio.create_task(self._every(self.options.heartbeat_interval_s, self._heartbeat), name="heartbeat"),
                 asyncio.create_task(self._every(self.options.recover_interval_s, self._recover), name="recovery"),
                 asyncio.create_task(self._every(self.options.change_poll_s, self._check_changes), name="change-watch"),
+                asyncio.create_task(self._every(self.options.retention_interval_s, self._retention), name="retention"),
                 asyncio.create_task(duties.cancel_watch(
                     self.store, self.id, self._cancel_check, self._in_command, self._cancelling,
                     self._note_store_failure, self.options.cancel_check_min_interval_s), name="cancel-watch"),
@@ -412,6 +413,13 @@ class Engine:
         elif stop and not self._stopping:
             self.log.emit("stop_requested", "stop requested by `queuectl worker stop`", engine=self.id)
             self.request_stop()
+
+    async def _retention(self) -> None:
+        deleted = await duties.retention_sweep(self.store, self.options.home, self.settings, time.time())
+        if deleted:
+            self.log.emit("retention", "retention: deleted " + ", ".join(
+                f"{n} {state.value}" for state, n in deleted.items()) + " job(s) past their retention",
+                deleted={state.value: n for state, n in deleted.items()})
 
     async def _recover(self) -> None:
         killed = orphans.kill_leftovers(self.host, self.id)

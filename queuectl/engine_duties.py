@@ -1,5 +1,5 @@
-"""Two of the engine's background duties, each a loop of its own: stopping the commands of jobs that
-`queuectl cancel` flagged, and enqueueing the jobs of due cron entries."""
+"""Engine duties beyond running jobs: stopping the commands of jobs that `queuectl cancel` flagged, enqueueing
+the jobs of due cron entries, and deleting finished jobs past their retention."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
+from queuectl import paths
+from queuectl.config import Settings
 from queuectl.errors import StoreError
+from queuectl.models import JobState
 from queuectl.store.base import Store
 
 
@@ -55,3 +59,26 @@ async def cron_loop(
             timeout = min(timeout, max(0.0, next_at - time.time()) + 0.0005)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout)
+
+
+#: Jobs deleted per transaction by the retention sweep: claims wait for at most one batch.
+RETENTION_BATCH = 500
+
+
+async def retention_sweep(store: Store, home: Path, settings: Settings, now: float) -> dict[JobState, int]:
+    """Delete finished jobs older than their state's retention setting, in bounded batches, with their log files
+    on this host. Returns how many of each state were deleted."""
+    deleted: dict[JobState, int] = {}
+    for state, keep_s in ((JobState.COMPLETED, settings.retain_completed_s), (JobState.DEAD, settings.retain_dead_s),
+                          (JobState.CANCELLED, settings.retain_cancelled_s)):
+        if keep_s is None:
+            continue
+        while True:
+            ids = await store.purge(state, finished_before=now - keep_s, limit=RETENTION_BATCH)
+            paths.remove_logs(home, ids)
+            if ids:
+                deleted[state] = deleted.get(state, 0) + len(ids)
+            if len(ids) < RETENTION_BATCH:
+                break
+            await asyncio.sleep(0)  # let the workers' claims and results in between batches
+    return deleted

@@ -25,6 +25,8 @@ class EngineOptions:
     #: A heartbeat older than this marks an engine (on any host) as gone.
     stale_after_s: float = 30.0
     recover_interval_s: float = 10.0
+    #: How often finished jobs past their retention (config retain-*) are deleted.
+    retention_interval_s: float = 60.0
     #: Fallback check for changes made by other processes (the wake-up datagram is the fast path).
     change_poll_s: float = 1.0
     #: Longest sleep of an idle dispatcher: a bound on the effect of a wall-clock jump.

@@ -318,3 +318,24 @@ def test_webhook_gets_a_signed_post_when_a_job_dies(home: Path, work: Path) -> N
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# ---- retention --------------------------------------------------------------------------------------------------
+
+
+async def test_engine_deletes_finished_jobs_past_their_retention_with_their_logs(home: Path, work: Path) -> None:
+    await configure(home, max_retries="0", retain_completed="1s", retain_dead="1h")
+    async with Queue(home) as q:
+        await add(q, "old-ok", "echo out", work)
+        await add(q, "old-bad", "exit 1", work)
+    await run_until_idle(home, timeout=20)
+    log = home / "logs" / "old-ok#1.log"
+    assert log.exists()
+    async with engine_in_process(home, retention_interval_s=0.2) as (_, q, logged):
+        await await_until(lambda: not log.exists(), timeout=10, what="the completed job's log to be deleted")
+        await add(q, "fresh", "true", work)
+        await await_states(q, {"fresh": COMPLETED})
+        states = {j.id: j.state for j in await q.list_jobs()}
+        assert "old-ok" not in states  # completed more than 1 s ago
+        assert states["old-bad"] == DEAD  # dead jobs are kept for an hour
+        assert "retention: deleted 1 completed job(s)" in logged.getvalue()

@@ -542,6 +542,19 @@ async def test_purge_older_than_keeps_recently_finished_jobs(store: Store) -> No
         await store.get("old")
 
 
+async def test_purge_with_a_limit_deletes_the_oldest_enqueued_first_in_batches(store: Store) -> None:
+    await store.enqueue([job(f"c{i}") for i in range(5)] + [job("young")], now=NOW)
+    claims = await store.claim_due("e1", now=NOW, limit=6)
+    for claim in claims:
+        started = NOW if claim.job.id == "young" else NOW - 1000
+        assert await store.complete(claim, "e1", outcome(0, started=started, took=1))
+    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == ["c0", "c1"]
+    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == ["c2", "c3"]
+    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == ["c4"]
+    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == []
+    assert [j.id for j in await store.list_jobs()] == ["young"]
+
+
 # ---- counting and scheduling ---------------------------------------------------------------------------------------
 
 

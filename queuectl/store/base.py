@@ -106,8 +106,11 @@ class Store(abc.ABC):
         job; then nothing changes. Returns the ids deleted."""
 
     @abc.abstractmethod
-    async def purge(self, state: JobState, *, finished_before: float | None) -> list[str]:
-        """Delete jobs in a terminal state (finished before the given time if set). Returns their ids."""
+    async def purge(
+        self, state: JobState, *, finished_before: float | None, limit: int | None = None
+    ) -> list[str]:
+        """Delete jobs in a terminal state (finished before the given time if set), at most `limit` of them, the
+        oldest enqueued first. Returns their ids."""
 
     # ---- jobs: reading -------------------------------------------------------------------------------
 

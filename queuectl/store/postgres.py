@@ -290,13 +290,18 @@ class PostgresStore(PostgresSched):
             await conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
         return ids
 
-    async def purge(self, state: JobState, *, finished_before: float | None) -> list[str]:
-        if finished_before is None:
-            rows = await self._rows("DELETE FROM jobs WHERE state = %s RETURNING seq, id", (state.value,))
-        else:
+    async def purge(
+        self, state: JobState, *, finished_before: float | None, limit: int | None = None
+    ) -> list[str]:
+        cond = "state = %(state)s" + ("" if finished_before is None else
+                                      " AND coalesce(finished_at, updated_at) < %(before)s")
+        params = {"state": state.value, "before": finished_before, "limit": limit}
+        if limit is None:
+            rows = await self._rows(f"DELETE FROM jobs WHERE {cond} RETURNING seq, id", params)
+        else:  # a bounded batch, oldest first; engines sweeping at once skip each other's rows
             rows = await self._rows(
-                "DELETE FROM jobs WHERE state = %s AND coalesce(finished_at, updated_at) < %s RETURNING seq, id",
-                (state.value, finished_before))
+                f"""DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE {cond} ORDER BY seq LIMIT %(limit)s
+                    FOR UPDATE SKIP LOCKED) RETURNING seq, id""", params)
         return [r["id"] for r in sorted(rows, key=lambda r: r["seq"])]
 
     # ---- jobs: reading -------------------------------------------------------------------------------------------

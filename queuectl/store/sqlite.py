@@ -131,8 +131,10 @@ class SQLiteStore(Store):
     async def delete(self, job_ids: Sequence[str]) -> list[str]:
         return await self._run(ops.delete, job_ids)
 
-    async def purge(self, state: JobState, *, finished_before: float | None) -> list[str]:
-        return await self._run(ops.purge, state, finished_before)
+    async def purge(
+        self, state: JobState, *, finished_before: float | None, limit: int | None = None
+    ) -> list[str]:
+        return await self._run(ops.purge, state, finished_before, limit)
 
     async def get(self, job_id: str) -> Job:
         return await self._run(ops.get, job_id)

@@ -202,15 +202,17 @@ def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     return list(ids)
 
 
-def purge(conn: sqlite3.Connection, state: JobState, finished_before: float | None) -> list[str]:
+def purge(
+    conn: sqlite3.Connection, state: JobState, finished_before: float | None, limit: int | None = None
+) -> list[str]:
+    cond = "state = ?" + ("" if finished_before is None else " AND COALESCE(finished_at, updated_at) < ?")
+    params: tuple[object, ...] = (state,) if finished_before is None else (state, finished_before)
     with write_tx(conn):
-        if finished_before is None:
-            rows = conn.execute("DELETE FROM jobs WHERE state = ? RETURNING id", (state,))
-        else:
-            rows = conn.execute(
-                "DELETE FROM jobs WHERE state = ? AND COALESCE(finished_at, updated_at) < ? RETURNING id",
-                (state, finished_before),
-            )
+        if limit is None:
+            rows = conn.execute(f"DELETE FROM jobs WHERE {cond} RETURNING id", params)
+        else:  # oldest first, a bounded batch: the write lock is held only briefly
+            rows = conn.execute(f"""DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE {cond}
+                                    ORDER BY seq LIMIT ?) RETURNING id""", (*params, limit))
         return [r["id"] for r in rows.fetchall()]
 
 
