@@ -178,7 +178,7 @@ class Queue:
 
     async def purge(self, state: JobState, *, older_than_s: float | None = None) -> list[str]:
         if state not in TERMINAL_STATES:
-            raise ValidationError(f"purge takes --state completed or dead; got {state}")
+            raise ValidationError(f"purge takes --state completed, dead or cancelled; got {state}")
         before = None if older_than_s is None else time.time() - older_than_s
         purged = await self.store.purge(state, finished_before=before)
         self._remove_logs(purged)

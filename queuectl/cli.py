@@ -335,7 +335,7 @@ def delete(job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]) -> No
 
 @app.command()
 def purge(
-    state: Annotated[str, typer.Option(help="completed or dead.")],
+    state: Annotated[str, typer.Option(help="completed, dead or cancelled.")],
     older_than: OlderOpt = None,
 ) -> None:
     """Delete finished jobs: all of a state, or those finished longer ago than --older-than."""
