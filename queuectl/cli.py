@@ -124,6 +124,8 @@ def enqueue(
                              "after": [i for a in after for i in a.split(",") if i.strip()] if after else None,
                              "env": dict(jobspec.parse_env_entry(e) for e in env) if env else None}
     flags = {k: v for k, v in given.items() if v is not None}
+    if after is not None and not given["after"]:
+        raise ValidationError(f"--after takes job ids (ID[,ID...]); got {', '.join(map(repr, after))}")
     if file is not None:
         if args:
             raise ValidationError("give jobs either with --file or as an argument, not both")

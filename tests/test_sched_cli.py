@@ -72,6 +72,7 @@ BAD = [
     (2, ["enqueue", "--env", "NOEQUALS", "--", "true"], "KEY=VALUE"),
     (2, ["enqueue", "--env", "1BAD=x", "--", "true"], "environment variable name"),
     (1, ["enqueue", "--after", "nosuch", "--", "true"], "'nosuch'"),
+    (2, ["enqueue", "--after", ",", "--", "true"], "--after takes job ids"),
     (2, ["enqueue", "--id", "self", "--after", "self", "--", "true"], "cycle"),
     (1, ["enqueue", "--unique-key", "report", "--", "true"], "job 'b'"),
     (2, ["enqueue", "--unique-key", "report", "--if-exists", "maybe", "--", "true"], "--if-exists"),
