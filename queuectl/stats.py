@@ -15,7 +15,7 @@ from typing import Any
 from queuectl.timefmt import human_duration, iso
 
 #: Outcomes of an attempt as the attempts table records them (AttemptStatus values; `running` is never stored).
-OUTCOMES = ("succeeded", "failed", "timed_out", "interrupted")
+OUTCOMES = ("succeeded", "failed", "timed_out", "interrupted", "cancelled")
 #: At most this many run times (and as many queue waits) are read for percentiles: the newest in the window.
 DEFAULT_SAMPLES = 20_000
 

@@ -77,6 +77,13 @@ def test_metrics_of_a_real_engine_scraped_over_http(home: Path, tmp_path: Path) 
                 if name == "queuectl_engine_heartbeat_age_seconds" and ("engine", engine_id) in labels]
         assert len(beat) == 1 and 0 <= beat[0] < 10
         assert value(found, "queuectl_engine_workers", engine=engine_id) == 3
+        assert value(found, "queuectl_queue_jobs", queue="default", state="runnable") == 1  # the delayed one
+        assert value(found, "queuectl_queue_jobs", queue="default", state="running") == 0
+        assert value(found, "queuectl_queue_paused", queue="default") == 0
+        assert run_proc("pause", home=home).code == 0
+        paused = wait_until(lambda: value(samples(get(dashboard.url + "metrics").text), "queuectl_queue_paused",
+                                          queue="default") == 1, timeout_s=10, what="the pause to show")
+        assert paused
         listed = {j["id"]: j["state"] for j in json.loads(run_proc("list", "--json", home=home).out)}
         assert [listed[i] for i in (*ok, flaky, slow)] == ["completed"] * 3 + ["dead"] * 2
 
