@@ -47,7 +47,8 @@ class Notifier:
 
     def job_ended(self, event: str, job: Job, attempt: int, outcome: Outcome | None, state: str) -> None:
         """event: completed, failed, timed_out (both retrying), dead or cancelled."""
-        template = getattr(self._settings, _HOOK_OF.get(event, ""), "") if event in _HOOK_OF else ""
+        setting = _HOOK_OF.get(event)  # cancelled has no hook of its own
+        template: str = getattr(self._settings, setting) if setting else ""
         if template:
             task = asyncio.create_task(self._run_hook(template, event, job, attempt, outcome, state),
                                        name=f"hook-{job.id}")
