@@ -149,7 +149,7 @@ class Queue:
             counts=await self.store.counts(now=time.time()),
             engines=await self.live_engines(),
             running=await self.store.running(),
-            queues=await self.store.queues(),
+            queues=await self.store.queues(count_runnable=False),
         )
 
     async def log_path(self, job_id: str, attempt: int | None = None) -> tuple[Job, int, Path]:

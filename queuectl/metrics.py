@@ -70,14 +70,13 @@ class _Gauges(Collector):
             heartbeat.add_metric([e.id, e.host], max(0.0, self.now - e.heartbeat_at))
             workers.add_metric([e.id], e.workers)
             busy.add_metric([e.id], sum(1 for j in s.running if j.engine_id == e.id))
-        queues = GaugeMetricFamily("queuectl_queue_jobs", "Runnable (pending or failed) and running jobs per queue.",
-                                   labels=["queue", "state"])
+        queues = GaugeMetricFamily("queuectl_queue_running_jobs", "Jobs of each queue running now.",
+                                   labels=["queue"])
         paused = GaugeMetricFamily("queuectl_queue_paused", "1 if the queue is paused.", labels=["queue"])
         limit = GaugeMetricFamily("queuectl_queue_concurrency", "A queue's own cap on running jobs (0: none).",
                                   labels=["queue"])
         for q in s.queues:
-            queues.add_metric([q.name, "runnable"], q.runnable)
-            queues.add_metric([q.name, "running"], q.running)
+            queues.add_metric([q.name], q.running)
             paused.add_metric([q.name], int(q.paused))
             limit.add_metric([q.name], q.concurrency)
         return [jobs, oldest, retries, engines, heartbeat, workers, busy, queues, paused, limit]

@@ -214,8 +214,8 @@ class QueueInfo:
     #: At most this many of its jobs run at once, over all engines; 0 = no limit of its own.
     concurrency: int = 0
     paused: bool = False
-    #: Jobs pending or failed (due now or later).
-    runnable: int = 0
+    #: Jobs pending or failed (due now or later); None where it was not counted (see Store.queues).
+    runnable: int | None = None
     running: int = 0
 
     @classmethod

@@ -64,7 +64,7 @@ def queues_text(queues: Sequence[QueueInfo]) -> None:
     print(f"{'QUEUE':<20} {'CONCURRENCY':<12} {'STATE':<8} {'RUNNABLE':>9} {'RUNNING':>8}")
     for q in queues:
         print(f"{q.name:<20} {q.concurrency or 'unlimited'!s:<12} {'paused' if q.paused else 'active':<8} "
-              f"{q.runnable:>9} {q.running:>8}")
+              f"{'-' if q.runnable is None else q.runnable:>9} {q.running:>8}")
 
 
 def crons_text(entries: Sequence[CronEntry]) -> None:
@@ -180,7 +180,7 @@ def status_text(s: Status) -> None:
     if special:
         print("queues: " + "   ".join(
             f"{q.name}{' (paused)' if q.paused else ''}{f' (max {q.concurrency})' if q.concurrency else ''}: "
-            f"{q.running} running, {q.runnable} to run" for q in special))
+            f"{q.running} running" for q in special))
     if not s.engines:
         print("engines: none running (start one with `queuectl run`)")
         return

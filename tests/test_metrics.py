@@ -77,8 +77,8 @@ def test_metrics_of_a_real_engine_scraped_over_http(home: Path, tmp_path: Path) 
                 if name == "queuectl_engine_heartbeat_age_seconds" and ("engine", engine_id) in labels]
         assert len(beat) == 1 and 0 <= beat[0] < 10
         assert value(found, "queuectl_engine_workers", engine=engine_id) == 3
-        assert value(found, "queuectl_queue_jobs", queue="default", state="runnable") == 1  # the delayed one
-        assert value(found, "queuectl_queue_jobs", queue="default", state="running") == 0
+        assert value(found, "queuectl_queue_running_jobs", queue="default") == 0
+        assert value(found, "queuectl_queue_concurrency", queue="default") == 0
         assert value(found, "queuectl_queue_paused", queue="default") == 0
         assert run_proc("pause", home=home).code == 0
         paused = wait_until(lambda: value(samples(get(dashboard.url + "metrics").text), "queuectl_queue_paused",

@@ -152,8 +152,10 @@ class Store(abc.ABC):
     # ---- queues, cancellation --------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def queues(self) -> list[QueueInfo]:
-        """Every known queue, by name, with its runnable (pending + failed) and processing counts."""
+    async def queues(self, *, count_runnable: bool = True) -> list[QueueInfo]:
+        """Every known queue, by name, with its processing count and, if count_runnable, its runnable (pending +
+        failed) count, which costs a read of every runnable job's index entry (status, the dashboard and /metrics,
+        read every second, ask without it; `queue list` asks with it)."""
 
     @abc.abstractmethod
     async def queue_add(self, name: str, *, concurrency: int = 0) -> bool:

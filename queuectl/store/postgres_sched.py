@@ -319,11 +319,11 @@ class PostgresSched(Store):
     async def _exec(self, query: Query, params: Params | None = None) -> int:
         raise NotImplementedError
 
-    async def queues(self) -> list[QueueInfo]:
-        rows = await self._rows("""
-            SELECT q.name, q.concurrency, q.paused,
-                   (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state IN ('pending', 'failed'))
-                       AS runnable,
+    async def queues(self, *, count_runnable: bool = True) -> list[QueueInfo]:
+        runnable = ("""(SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state IN ('pending', 'failed'))"""
+                    if count_runnable else "NULL")
+        rows = await self._rows(f"""
+            SELECT q.name, q.concurrency, q.paused, {runnable} AS runnable,
                    (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'processing') AS running
               FROM queues q ORDER BY q.name COLLATE "C" """)
         return [QueueInfo.from_row(r) for r in rows]

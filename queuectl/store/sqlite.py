@@ -157,8 +157,8 @@ class SQLiteStore(Store):
     async def change_token(self) -> int:
         return await self._run(ops.change_token)
 
-    async def queues(self) -> list[QueueInfo]:
-        return await self._run(sched.queues)
+    async def queues(self, *, count_runnable: bool = True) -> list[QueueInfo]:
+        return await self._run(sched.queues, count_runnable)
 
     async def queue_add(self, name: str, *, concurrency: int = 0) -> bool:
         return await self._run(sched.queue_add, name, concurrency)

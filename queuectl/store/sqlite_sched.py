@@ -18,19 +18,16 @@ from queuectl.store.sqlite_tx import _chunks, _insert_one, _marks, _states_of, w
 # ---- queues ---------------------------------------------------------------------------------------------------
 
 
-def queues(conn: sqlite3.Connection) -> list[QueueInfo]:
-    counts: dict[str, dict[str, int]] = {}
-    for name, state, n in conn.execute(
-            """SELECT queue, state, count(*) FROM jobs INDEXED BY jobs_claim_queue
-               WHERE state IN ('pending', 'failed') GROUP BY queue, state
-               UNION ALL SELECT queue, state, count(*) FROM jobs WHERE state = 'processing' GROUP BY queue"""):
-        counts.setdefault(name, {})[state] = counts.get(name, {}).get(state, 0) + n
-    out = []
-    for row in conn.execute("SELECT name, concurrency, paused FROM queues ORDER BY name"):
-        c = counts.get(row["name"], {})
-        out.append(QueueInfo(name=row["name"], concurrency=row["concurrency"], paused=bool(row["paused"]),
-                             runnable=c.get("pending", 0) + c.get("failed", 0), running=c.get("processing", 0)))
-    return out
+def queues(conn: sqlite3.Connection, count_runnable: bool) -> list[QueueInfo]:
+    # Processing rows are few (at most the engines' workers): counting them is cheap, unlike the runnable ones.
+    running = dict(conn.execute("SELECT queue, count(*) FROM jobs WHERE state = 'processing' GROUP BY queue"))
+    runnable: dict[str, int] = {}
+    if count_runnable:  # the partial index covers this count: no table rows are read
+        runnable = dict(conn.execute("""SELECT queue, count(*) FROM jobs INDEXED BY jobs_claim_queue
+                                        WHERE state IN ('pending', 'failed') GROUP BY queue"""))
+    return [QueueInfo(name=name, concurrency=concurrency, paused=bool(paused),
+                      runnable=runnable.get(name, 0) if count_runnable else None, running=running.get(name, 0))
+            for name, concurrency, paused in conn.execute("SELECT name, concurrency, paused FROM queues ORDER BY name")]
 
 
 def _known_queues(conn: sqlite3.Connection, names: Sequence[str]) -> None:

@@ -189,8 +189,8 @@ def status_payload(s: Status, now: float) -> dict[str, Any]:
             for j in s.running[:100]
         ],
         "running_total": len(s.running),
-        "queues": [{"name": q.name, "concurrency": q.concurrency, "paused": q.paused, "runnable": q.runnable,
-                    "running": q.running} for q in s.queues],
+        "queues": [{"name": q.name, "concurrency": q.concurrency, "paused": q.paused, "running": q.running}
+                   for q in s.queues],
     }
 
 
