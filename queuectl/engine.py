@@ -305,11 +305,13 @@ class Engine:
         assert task is not None
         self._in_command[job.id] = task
         try:
-            outcome = await run_command(
-                job.command, cwd=job.cwd, env=env, timeout_s=timeout_s, log_path=log_path,
-                kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes)
+            try:
+                outcome = await run_command(
+                    job.command, cwd=job.cwd, env=env, timeout_s=timeout_s, log_path=log_path,
+                    kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes)
+            finally:
+                del self._in_command[job.id]  # from here on, a cancel request no longer reaches this task
         except asyncio.CancelledError:
-            del self._in_command[job.id]
             if job.id in self._cancelling and not self._fast:  # `queuectl cancel`, not a stop: the group is gone
                 self._cancelling.discard(job.id)
                 task.uncancel()
@@ -320,13 +322,10 @@ class Engine:
             await finish_even_if_cancelled(self._release(claim))
             raise
         except Exception as exc:  # our own fault for this one job: fail it, keep the engine going
-            self._in_command.pop(job.id, None)
             self.log.emit("internal_error", f"{job.id} internal error: {exc!r}", job=job.id, error=repr(exc))
             outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
                               finished_at=time.time())
-        else:
-            del self._in_command[job.id]
-        self._cancelling.discard(job.id)
+        self._cancelling.discard(job.id)  # flagged, but the command ended first: its result stands
         await finish_even_if_cancelled(self._record(claim, outcome))
 
     async def _record_cancelled(self, claim: Claim, outcome: Outcome) -> None:
@@ -335,8 +334,7 @@ class Engine:
             self.summary.cancelled += 1
             self.log.emit("cancelled", f"{claim.job.id} cancelled: its process group was terminated",
                           job=claim.job.id, attempt=claim.attempt)
-            if self.notifier.active:
-                self.notifier.job_ended("cancelled", claim.job, claim.attempt, outcome, "cancelled")
+            self.notifier.job_ended("cancelled", claim.job, claim.attempt, outcome, "cancelled")
 
     def _cron_enqueued(self, ids: list[str]) -> None:
         self.log.emit("cron", f"cron enqueued {', '.join(ids)}", jobs=ids)
@@ -361,8 +359,7 @@ class Engine:
                 self.summary.completed += 1
                 self.log.emit("completed", f"{job.id} completed in {took}", job=job.id, attempt=claim.attempt,
                               duration_s=round(outcome.finished_at - outcome.started_at, 6))
-                if self.notifier.active:
-                    self.notifier.job_ended("completed", job, claim.attempt, outcome, "completed")
+                self.notifier.job_ended("completed", job, claim.attempt, outcome, "completed")
         else:
             self.summary.timed_out += outcome.timed_out
             event = "timed_out" if outcome.timed_out else "failed"
@@ -373,8 +370,7 @@ class Engine:
                     self.summary.dead += 1
                     self.log.emit("dead", f"{job.id} {outcome.error}; retries spent, moved to the dead-letter "
                                   "queue", job=job.id, attempt=claim.attempt, error=outcome.error, outcome=event)
-                    if self.notifier.active:
-                        self.notifier.job_ended("dead", job, claim.attempt, outcome, "dead")
+                    self.notifier.job_ended("dead", job, claim.attempt, outcome, "dead")
             else:
                 retry_at = outcome.finished_at + decision.delay_s
                 ok = await self._store_call(
@@ -386,8 +382,7 @@ class Engine:
                     self.log.emit(event, f"{job.id} {outcome.error}; retrying in "
                                   f"{human_duration(decision.delay_s)}", job=job.id, attempt=claim.attempt,
                                   error=outcome.error, retry_in_s=round(decision.delay_s, 3))
-                    if self.notifier.active:
-                        self.notifier.job_ended(event, job, claim.attempt, outcome, "failed")
+                    self.notifier.job_ended(event, job, claim.attempt, outcome, "failed")
         if not ok and self._fatal is None:
             self.log.emit("lost_claim", f"{job.id}: result of attempt {claim.attempt} not recorded: the job was "
                           "given to another engine meanwhile", job=job.id, attempt=claim.attempt)

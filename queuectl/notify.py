@@ -46,7 +46,10 @@ class Notifier:
         return bool(self._webhooks or s.on_success or s.on_failure or s.on_dead)
 
     def job_ended(self, event: str, job: Job, attempt: int, outcome: Outcome | None, state: str) -> None:
-        """event: completed, failed, timed_out (both retrying), dead or cancelled."""
+        """event: completed, failed, timed_out (both retrying), dead or cancelled. Costs nothing without hooks or
+        webhooks: every job's end passes here."""
+        if not self.active:
+            return
         setting = _HOOK_OF.get(event)  # cancelled has no hook of its own
         template: str = getattr(self._settings, setting) if setting else ""
         if template:
