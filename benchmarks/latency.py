@@ -41,10 +41,6 @@ RETRY_DELAY_S = 1.0  # backoff-base 1: the first retry waits 1 ^ 1 s
 RETRY_SPACING_S = 0.07
 
 
-def _stamp(path: Path) -> float:
-    return float(path.read_text().split()[0])
-
-
 def spawn_floor_ms(tmp: Path, samples: int = 20) -> list[float]:
     """The floor under both latencies: from a time.time() in a bare asyncio loop (pidfd watcher) to the same
     `date` command's own stamp, spawned at once with create_subprocess_shell. No store, no wake-up."""
@@ -60,7 +56,7 @@ def spawn_floor_ms(tmp: Path, samples: int = 20) -> list[float]:
                 start = time.time()
                 proc = await asyncio.create_subprocess_shell(f"exec date +%s.%N > {shlex.quote(str(path))}")
                 await proc.wait()
-                out.append((_stamp(path) - start) * 1000)
+                out.append((pickup_helper.read_stamp(path) - start) * 1000)
                 await asyncio.sleep(0.01)
         finally:
             asyncio.set_child_watcher(None)  # type: ignore[arg-type]
@@ -81,7 +77,7 @@ def pickup_latency() -> list[Row]:
         if out.returncode != 0:
             raise RuntimeError(f"pickup helper failed ({out.returncode}): {out.stderr[-2000:]}")
         commits = json.loads(out.stdout)
-        starts = [_stamp(pickup_helper.stamp_path(home, f"p{i}")) for i in range(PICKUP_SAMPLES)]
+        starts = [pickup_helper.read_stamp(pickup_helper.stamp_path(home, f"p{i}")) for i in range(PICKUP_SAMPLES)]
         floor = spawn_floor_ms(tmp)
     lat_ms = [(s - c) * 1000 for s, c in zip(starts, commits, strict=True)]
     metric = f"enqueue commit -> command start, engine idle, {PICKUP_SAMPLES} samples"
@@ -129,9 +125,9 @@ def retry_punctuality() -> list[Row]:
             due = d.job.run_at  # the retry's run_at: attempt 1's end + the delay, as the engine scheduled it
             if a1.finished_at is None or abs(due - (a1.finished_at + RETRY_DELAY_S)) > 0.001:
                 raise RuntimeError(f"{d.job.id}: retry due at {due}, not attempt 1's end + {RETRY_DELAY_S}s")
-            late.append((_stamp(stamps / f"{d.job.id}.2") - due) * 1000)
+            late.append((pickup_helper.read_stamp(stamps / f"{d.job.id}.2") - due) * 1000)
             engine_late.append((a2.started_at - due) * 1000)
-            first_late.append((_stamp(stamps / f"{d.job.id}.1") - run_at[d.job.id]) * 1000)
+            first_late.append((pickup_helper.read_stamp(stamps / f"{d.job.id}.1") - run_at[d.job.id]) * 1000)
         floor = spawn_floor_ms(tmp)
     metric = f"retry due -> command start, {RETRY_JOBS} retries"
     label = "bare spawn, same percentile"

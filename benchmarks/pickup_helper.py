@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from queuectl import jobspec
 from queuectl.api import Queue
 
 
@@ -29,7 +30,13 @@ def job_command(home: Path, job_id: str) -> str:
     return f"exec date +%s.%N > {shlex.quote(str(stamp_path(home, job_id)))}"
 
 
-async def _ran(path: Path, timeout_s: float = 10.0) -> None:
+def read_stamp(path: Path) -> float:
+    """The time a job's `date +%s.%N` wrote."""
+    return float(path.read_text().split()[0])
+
+
+async def wait_written(path: Path, timeout_s: float = 10.0) -> None:
+    """Until `date` has written its line (the shell creates the file before date runs)."""
     deadline = time.monotonic() + timeout_s
     while not (path.exists() and path.read_bytes().endswith(b"\n")):  # noqa: ASYNC240 - a tiny file
         if time.monotonic() > deadline:
@@ -53,8 +60,8 @@ async def run(home: Path, n: int, gap_s: float) -> list[float]:
         for i in range(n):
             job_id = f"p{i}"
             await asyncio.sleep(gap_s * random.uniform(0.75, 1.25))  # the engine idle, at a random phase
-            await q.enqueue_json(json.dumps({"id": job_id, "command": job_command(home, job_id)}))
-            await _ran(stamp_path(home, job_id))
+            await q.enqueue([jobspec.from_mapping({"id": job_id, "command": job_command(home, job_id)})])
+            await wait_written(stamp_path(home, job_id))
     return commits
 
 

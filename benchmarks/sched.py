@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from benchmarks import pickup_helper
 from benchmarks.common import (
     Row,
     Target,
@@ -46,18 +47,10 @@ COST_ROUNDS = 2
 FLOOR_LABEL = "bare spawn, same percentile"
 
 
-def _stamp(path: Path) -> float:
-    return float(path.read_text().split()[0])
-
-
-async def _stamped(path: Path, timeout_s: float = 10.0) -> float:
-    """The job's own stamp, once `date` has written it (the shell creates the file before date runs)."""
-    deadline = time.monotonic() + timeout_s
-    while not (path.exists() and path.read_bytes().endswith(b"\n")):  # noqa: ASYNC240 - a tiny file
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job did not run within {timeout_s:g}s: {path}")
-        await asyncio.sleep(0.002)
-    return _stamp(path)
+async def _stamped(path: Path) -> float:
+    """The job's own start (or end) stamp, once written."""
+    await pickup_helper.wait_written(path)
+    return pickup_helper.read_stamp(path)
 
 
 def _job(job_id: str, command: str, cwd: Path, after: tuple[str, ...] = ()) -> NewJob:
