@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from queuectl import config, orphans, retry, wakeup
+from queuectl import config, logsink, orphans, retry, wakeup
 from queuectl import engine_duties as duties
 from queuectl.aio import finish_even_if_cancelled
 from queuectl.engine_options import EngineOptions, Summary, install_child_watcher
@@ -169,6 +169,7 @@ class Engine:
                 await self.store.deregister_engine(self.id)
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
+            logsink.close_lingering()
             undo_watcher()
         if self._fatal is not None:
             raise self._fatal

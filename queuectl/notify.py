@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,15 @@ class Notifier:
                              exit_code=outcome.exit_code if outcome else None,
                              error=outcome.error if outcome else job.last_error, command=job.command, queue=job.queue,
                              log_path=outcome.log_path if outcome else None)
+        if outcome is not None and outcome.log_path:
+            _ensure_exists(Path(outcome.log_path))  # a command that printed nothing has no log file; the hook gets one
         setting = _HOOK_OF[event].replace("_", "-")
         log_path = paths.attempt_log_path(self.home, job.id, attempt).with_suffix(f".{setting}.log")
         async with self._slots:
             result = await hooks.run_hook(template, env, log_path=log_path, timeout_s=HOOK_TIMEOUT_S, cwd=job.cwd)
         if not result.succeeded:
-            self.log.emit("hook_failed", f"{job.id}: {setting} hook {result.error} (output in {log_path})",
+            where = f" (output in {log_path})" if result.output_tail else " (it printed nothing)"
+            self.log.emit("hook_failed", f"{job.id}: {setting} hook {result.error}{where}",
                           job=job.id, hook=setting, error=result.error, log=str(log_path))
 
     def _log_webhook(self, event: str, message: str, fields: dict[str, object]) -> None:
@@ -100,3 +104,8 @@ def _payload(job: Job, attempt: int, outcome: Outcome | None, state: str) -> dic
         "started_at": iso(outcome.started_at) if outcome else None,
         "finished_at": iso(outcome.finished_at) if outcome else None,
     }}
+
+
+def _ensure_exists(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))

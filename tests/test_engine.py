@@ -4,9 +4,11 @@ a real SQLite file per test, real job processes, bounded waits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -543,8 +545,9 @@ async def test_internal_error_for_one_job_fails_that_job_and_the_others_go_on(ho
     async with Queue(home) as q:
         await add(q, "broken", "true", work, max_retries=0)
         await add(q, "fine", "true", work)
-    # A directory where the attempt's log file goes: the engine cannot open the attempt's log.
-    (home / "logs" / "broken#1.log").mkdir(parents=True)
+    # A row written by something other than queuectl: a working directory no process can be given (NUL byte).
+    with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
+        db.execute("UPDATE jobs SET cwd = cwd || char(0) || 'x' WHERE id = 'broken'")
     summary, log = await run_until_idle(home, workers=1, timeout=20)
     found = await jobs_async(home)
     assert found["fine"].state == COMPLETED

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from queuectl.logsink import TAIL_BYTES
 from queuectl.models import Outcome
-from queuectl.runner import TAIL_BYTES, run_command
+from queuectl.runner import run_command
 from tests.engine_helpers import await_until, process_gone, read_pids, wait_pids_gone
 
 
@@ -257,6 +258,23 @@ async def test_log_max_bytes_also_bounds_a_command_that_writes_fast_and_exits(wo
     assert log.read_text().endswith("TAIL-END\n")
 
 
+async def test_a_command_that_prints_nothing_leaves_no_log_file(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    outcome = await run("true", work, log)
+    assert outcome.succeeded
+    assert outcome.output_tail == ""
+    assert not log.exists()
+
+
+async def test_an_unwritable_log_keeps_the_output_in_the_tail_and_says_why(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.mkdir()  # a directory where the log file goes
+    outcome = await run("echo still-here", work, log)
+    assert outcome.succeeded  # the command's result does not depend on its log
+    assert outcome.output_tail.startswith("still-here\n")
+    assert f"cannot write the log {log}" in outcome.output_tail
+
+
 async def test_command_closing_stdout_early_is_recorded_normally(work: Path, tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     outcome = await run("echo out; exec 1>&-; echo err-after-close >&2; exec 2>&-; sleep 0.2; exit 4", work, log)
@@ -275,6 +293,21 @@ async def test_daemon_holding_the_output_open_does_not_block_completion(
     assert outcome.succeeded
     assert outcome.output_tail == "parent-done\n"
     assert time.monotonic() - t0 < 10
+
+
+async def test_output_of_a_process_left_behind_still_reaches_the_log(
+    work: Path, tmp_path: Path, leftovers: list[int]
+) -> None:
+    """The attempt ends with its leader; what a leftover process writes afterwards is still copied to the log."""
+    pids, go, log = work / "pids", work / "go", tmp_path / "a.log"
+    outcome = await run(f"(while [ ! -f {go} ]; do sleep 0.02; done; echo from-the-leftover) & echo $! > {pids}; "
+                        "echo leader-done", work, log)
+    leftovers.extend(read_pids(pids))
+    assert outcome.succeeded
+    assert outcome.output_tail == "leader-done\n"
+    go.touch()
+    await await_until(lambda: log.read_text() == "leader-done\nfrom-the-leftover\n", timeout=10,
+                      what="the leftover's line in the log")
 
 
 # ---- cancellation ---------------------------------------------------------------------------------------------------

@@ -35,6 +35,15 @@ NOW = time.time()
 BASE = NOW - 300  # the scenario's attempts happen in the last 5 minutes
 
 
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """The commands under test read the wall clock: "the last 5 minutes" must be the test's, not the import's
+    (a long suite once ran this module more than 10 minutes after importing it)."""
+    global NOW, BASE
+    NOW = time.time()
+    BASE = NOW - 300
+
+
 def new_job(job_id: str, command: str, run_at: float, **extra: object) -> NewJob:
     return NewJob(id=job_id, command=command, run_at=run_at, cwd="/tmp", **extra)  # type: ignore[arg-type]
 

@@ -108,7 +108,7 @@ function followLog() {
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
     offset = data.offset;
-    if (status) status.textContent = data.live ? "following (live)" : (data.missing ? "log file not found; showing the stored tail" : "");
+    if (status) status.textContent = data.live ? "following (live)" : (data.missing ? "no log file (the attempt printed nothing, or its log was deleted); showing the stored tail" : "");
     const more = data.offset < data.size;
     if (data.live || more || data.state === "processing" || data.state === "pending" || data.state === "failed") {
       setTimeout(poll, more ? 50 : 1000);
