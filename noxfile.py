@@ -1,10 +1,16 @@
-"""Sessions: tests, lint, typecheck, torture, e2e (the defaults, and what CI runs), bench."""
+"""Sessions: tests (with the torture suite beside it), lint, typecheck, e2e (the defaults, and what CI runs);
+torture alone; bench."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck", "torture", "e2e"]
+nox.options.sessions = ["tests", "lint", "typecheck", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -12,15 +18,38 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole test suite, on real SQLite files, real processes and (where reachable) a real PostgreSQL."""
+    """The whole test suite, on real SQLite files, real processes and (where reachable) a real PostgreSQL, with
+    the torture suite running beside it in a second pytest process: each leaves a core idle half of the time
+    (they wait on processes, signals and deadlines), so together they take ~60% of one after the other. With
+    arguments (`nox -s tests -- -k name`), only the main suite runs, with them."""
     session.install("-e", ".[test,postgres]")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "--ignore=tests/torture", "--ignore=tests/e2e",
-                *session.posargs)
+    main = ["pytest", "-q", "-p", "no:cacheprovider", "--ignore=tests/torture", "--ignore=tests/e2e"]
+    if session.posargs:
+        session.run(*main, *session.posargs)
+        return
+    with tempfile.TemporaryDirectory(prefix="queuectl-torture-") as tmp, \
+            open(os.path.join(tmp, "output.txt"), "w+b") as out:
+        bin_dir = session.bin  # the session's virtualenv: its pytest, with queuectl installed
+        torture = subprocess.Popen(
+            [os.path.join(bin_dir, "pytest"), "-q", "-p", "no:cacheprovider", f"--basetemp={tmp}/base",
+             "tests/torture"], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")})
+        try:
+            session.run(*main)
+        finally:
+            code = torture.wait()
+            out.seek(0)
+            session.log("torture suite (run beside the main suite):")
+            sys.stdout.flush()
+            sys.stdout.buffer.write(out.read())
+            sys.stdout.flush()
+        if code != 0:
+            session.error(f"the torture suite failed (exit {code})")
 
 
 @nox.session(python=PYTHON)
 def torture(session: nox.Session) -> None:
-    """Crash loops, load, storage faults, output floods, fuzzed input: slower, each scenario bounded in time."""
+    """Crash loops, load, storage faults, output floods, fuzzed input, alone (the tests session runs it too)."""
     session.install("-e", ".[test,postgres]")
     session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/torture", *session.posargs)
 
