@@ -25,8 +25,9 @@ TAIL_BYTES = 4096
 #: Bytes per read, and the pipe's size where the system allows it (Linux gives 64 KiB by default).
 _CHUNK = 1 << 20
 _SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
-#: Reads of what is buffered once the leader exited before leaving the rest to the event loop.
-_DRAIN_READS = 64
+#: Reads once the leader exited, before leaving the rest to the event loop: the pipe holds at most one chunk, so
+#: more only comes from a leftover process still writing, which must not hold the loop.
+_DRAIN_READS = 4
 
 #: Sinks still copying from a pipe that a leftover process holds, closed when the engine stops.
 _lingering: set[LogSink] = set()
