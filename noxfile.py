@@ -14,6 +14,7 @@ nox.options.sessions = ["tests", "lint", "typecheck", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+PYTEST = ["pytest", "-q", "-p", "no:cacheprovider"]
 
 
 @nox.session(python=PYTHON)
@@ -23,7 +24,7 @@ def tests(session: nox.Session) -> None:
     (they wait on processes, signals and deadlines), so together they take ~60% of one after the other. With
     arguments (`nox -s tests -- -k name`), only the main suite runs, with them."""
     session.install("-e", ".[test,postgres]")
-    main = ["pytest", "-q", "-p", "no:cacheprovider", "--ignore=tests/torture", "--ignore=tests/e2e"]
+    main = [*PYTEST, "--ignore=tests/torture", "--ignore=tests/e2e"]
     if session.posargs:
         session.run(*main, *session.posargs)
         return
@@ -31,8 +32,8 @@ def tests(session: nox.Session) -> None:
             open(os.path.join(tmp, "output.txt"), "w+b") as out:
         bin_dir = session.bin  # the session's virtualenv: its pytest, with queuectl installed
         torture = subprocess.Popen(
-            [os.path.join(bin_dir, "pytest"), "-q", "-p", "no:cacheprovider", f"--basetemp={tmp}/base",
-             "tests/torture"], stdout=out, stderr=subprocess.STDOUT,
+            [os.path.join(bin_dir, PYTEST[0]), *PYTEST[1:], f"--basetemp={tmp}/base", "tests/torture"],
+            stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")})
         try:
             session.run(*main)
@@ -51,7 +52,7 @@ def tests(session: nox.Session) -> None:
 def torture(session: nox.Session) -> None:
     """Crash loops, load, storage faults, output floods, fuzzed input, alone (the tests session runs it too)."""
     session.install("-e", ".[test,postgres]")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/torture", *session.posargs)
+    session.run(*PYTEST, "tests/torture", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -90,5 +91,5 @@ def e2e(session: nox.Session) -> None:
         session.run(*sudo, "apt-get", "update", "-qq", external=True, env=env)
         session.run(*sudo, "apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
     session.install("-e", ".[test]", "playwright")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/e2e", *session.posargs,
+    session.run(*PYTEST, "tests/e2e", *session.posargs,
                 env={"E2E_CHROMIUM": chromium})
