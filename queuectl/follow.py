@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from queuectl import paths
 from queuectl.api import Queue
+from queuectl.logsink import TAIL_BYTES
 from queuectl.models import TERMINAL_STATES, JobState
 
 POLL_S = 0.2
@@ -40,7 +41,10 @@ async def print_log(q: Queue, job_id: str, attempt: int | None, follow: bool) ->
         job = await q.get(job_id)
     _, number, path = await q.log_path(job_id, attempt)
     if not follow:
-        _copy_from(path, 0, out)  # no file: the attempt printed nothing (the file is made at its first byte)
+        if path.exists():
+            _copy_from(path, 0, out)
+        else:  # the file is made at the first byte: none means nothing was printed, unless it was deleted since
+            await _print_kept_tail(q, job_id, number, out)
         return
     offset = 0
     while True:
@@ -50,6 +54,16 @@ async def print_log(q: Queue, job_id: str, attempt: int | None, follow: bool) ->
             _copy_from(paths.attempt_log_path(q.home, job_id, number), offset, out)
             return
         await asyncio.sleep(POLL_S)
+
+
+async def _print_kept_tail(q: Queue, job_id: str, number: int, out: BinaryIO) -> None:
+    """A log file that is gone although its attempt printed something: say so, and give what the store kept."""
+    kept = next((a.output_tail for a in (await q.inspect(job_id)).attempts if a.number == number), None)
+    if kept:
+        print(f"queuectl: the log file of attempt {number} of job {job_id!r} was deleted; "
+              f"the last {TAIL_BYTES // 1024} KiB of its output, kept with the attempt:", file=sys.stderr)
+        out.write(kept.encode())
+        out.flush()
 
 
 async def follow_job(q: Queue, job_id: str) -> dict[str, JobState]:

@@ -376,6 +376,23 @@ async def test_logs_prints_each_attempts_output(home: Path, work: Path) -> None:
     assert len(beyond.stderr.splitlines()) == 1
 
 
+async def test_logs_of_a_silent_attempt_print_nothing_and_of_a_deleted_log_the_kept_tail(
+    home: Path, work: Path
+) -> None:
+    async with Queue(home) as q:
+        await add(q, "silent", "true", work)
+        await add(q, "talky", "echo said-this", work)
+    await run_until_idle(home, timeout=20)
+    silent = cli(home, "logs", "silent")
+    assert (silent.returncode, silent.stdout, silent.stderr) == (0, "", "")
+    assert not (home / "logs" / "silent#1.log").exists()  # nothing printed: no file made
+    (home / "logs" / "talky#1.log").unlink()
+    talky = cli(home, "logs", "talky")
+    assert talky.returncode == 0, talky.stderr
+    assert talky.stdout == "said-this\n"
+    assert len(talky.stderr.splitlines()) == 1 and "was deleted" in talky.stderr
+
+
 def test_logs_follow_prints_a_running_job_until_it_ends(home: Path, work: Path, engines: Engines) -> None:
     engines.start(workers=1)
     go = work / "go"
