@@ -2,15 +2,17 @@
 few named background duties (heartbeat, recovery sweep, change watch). Knows the store, the heap and the
 runner; knows no SQL.
 
-The dispatcher is the only claimer: it clears its wake event *before* asking the store, so a wake-up that
-arrives while it asks is never lost, and it claims at most as many jobs as there are idle workers.
+The dispatcher is the only claimer and the only recorder of results: a worker whose command ended hands the
+result over and is idle at once; the dispatcher's next round records every result handed over since the last one
+and claims jobs for the idle workers, in one store call (one transaction on SQLite). It clears its wake event
+*before* each round, so a wake-up that arrives meanwhile is never lost, and it claims at most as many jobs as
+there are idle workers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import secrets
 import signal
@@ -25,9 +27,9 @@ from queuectl.aio import finish_even_if_cancelled
 from queuectl.engine_options import EngineOptions, Summary, install_child_watcher
 from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUnavailableError
 from queuectl.events import EventLog
-from queuectl.models import Claim, EngineInfo, JobState, Outcome
+from queuectl.models import Claim, EngineInfo, Finished, JobState, Outcome
 from queuectl.notify import Notifier
-from queuectl.paths import attempt_log_path, loose_permissions
+from queuectl.paths import LOGS_DIR, attempt_log_file, loose_permissions
 from queuectl.procs import pid_alive
 from queuectl.runner import run_command
 from queuectl.scheduler import DueHeap
@@ -54,6 +56,9 @@ class Engine:
         self._running: dict[str, Claim] = {}
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        self._fast_requested = asyncio.Event()
+        #: Attempts that ended, in the order they ended, for the dispatcher's next round to record.
+        self._finished: list[Finished] = []
         # What is due is decided by the wall clock, which can be stepped back; _due_now never goes back.
         self._wall_seen, self._mono_seen = time.time(), time.monotonic()
         self._fast = False
@@ -66,6 +71,7 @@ class Engine:
         self._workers: list[asyncio.Task[None]] = []
         self._grace_timer: asyncio.TimerHandle | None = None
         self._base_env = dict(os.environ)
+        self._logs_dir = str(options.home / LOGS_DIR)
         self.notifier = Notifier(options.home, self.log)
         #: Worker task running each job's command, while it runs: `queuectl cancel` cancels that task.
         self._in_command: dict[str, asyncio.Task[None]] = {}
@@ -90,6 +96,7 @@ class Engine:
                     self.options.grace_s, lambda: self.request_stop(fast=True))
         if fast and not self._fast:
             self._fast = True
+            self._fast_requested.set()
             self.log.emit("stopping_fast", f"engine {self.id} stopping now: terminating {len(self._running)} "
                           "running job(s)", engine=self.id)
             for task in self._workers:
@@ -176,30 +183,70 @@ class Engine:
         return self.summary
 
     async def _dispatch(self) -> None:
-        while not self._stopping:
+        """Rounds until the engine stops; in between, sleep until the next due time, a change from elsewhere or a
+        worker finishing. While stopping, rounds only record, until every running job has ended."""
+        while self._fatal is None:
             self._wake.clear()
-            claimed = 0
-            if self._free > 0:
-                limit = self._free
-                claims = await self._store_call(functools.partial(self._claim, limit), default=list[Claim](),
-                                                stop_on_request=True)
-                # A full claim means more may be due: the next free worker asks the store again, so the window
-                # (only there to sleep until the next due time) need not be re-read until a claim comes back short.
-                self._backlog = len(claims) == limit
-                for claim in claims:
-                    self._free -= 1
-                    self._running[claim.job.id] = claim
-                    self._queue.put_nowait(claim)
-                claimed = len(claims)
+            if self._fast:
+                await self._release_queued()
+            claimed = await self._round()
+            if self._stopping:
+                if not self._running and not self._finished:
+                    return
+                await self._sleep(None)  # a finishing worker wakes us
+                continue
             now = self._due_now()
             self._heap.pop_due(now)
             await self._maybe_refill()
-            if self.options.until_idle and not claimed and self._free == self.options.workers and await self._idle():
+            if (self.options.until_idle and not claimed and self._free == self.options.workers
+                    and not self._finished and await self._idle()):
                 return
             await self._sleep(self._sleep_s(now))
 
-    async def _claim(self, limit: int) -> list[Claim]:
-        return await self.store.claim_due(self.id, now=self._due_now(), limit=limit, queues=self.options.queues)
+    async def _round(self) -> int:
+        """Record the attempts that ended and claim jobs for the idle workers, in one store call. Returns how many
+        jobs were claimed."""
+        if not self._finished and (self._stopping or self._free <= 0):
+            return 0
+        finished, self._finished = self._finished, []
+        limit = 0
+
+        def op() -> Awaitable[tuple[list[bool], list[Claim]]]:
+            nonlocal limit  # each try claims for the workers idle then (more become idle while a store is failing)
+            limit = 0 if self._stopping else self._free
+            return self.store.record(self.id, finished, now=self._due_now(), claim_limit=limit,
+                                     queues=self.options.queues)
+
+        # With results to record, only a fast stop gives up on a failing store; a claim alone, any stop.
+        done = await self._store_call(op, default=None,
+                                      give_up=self._fast_requested if finished else self._stop_requested)
+        if done is None:
+            for f in finished:
+                self.log.emit("not_recorded", f"{f.claim.job.id}: result of attempt {f.claim.attempt} not recorded "
+                              "(the store failed); the job runs again when it is recovered", job=f.claim.job.id,
+                              attempt=f.claim.attempt)
+            return 0
+        oks, claims = done
+        for f, ok in zip(finished, oks, strict=True):
+            self._recorded(f, ok)
+        # A full claim means more may be due: the next free worker asks the store again, so the window
+        # (only there to sleep until the next due time) need not be re-read until a claim comes back short.
+        self._backlog = limit > 0 and len(claims) == limit
+        for claim in claims:
+            self._free -= 1
+            self._running[claim.job.id] = claim
+            self._queue.put_nowait(claim)
+        return len(claims)
+
+    async def _release_queued(self) -> None:
+        """A fast stop cancelled the workers: claims no worker took are given back."""
+        while not self._queue.empty():
+            claim = self._queue.get_nowait()
+            if claim is None:
+                continue
+            self._running.pop(claim.job.id, None)
+            self._free += 1
+            await self._release(claim)
 
     def _due_now(self) -> float:
         """Wall-clock time that decides what is due, never going back while the engine runs: after the clock is
@@ -287,7 +334,7 @@ class Engine:
                 return
             try:
                 await self._execute(claim)
-            finally:
+            finally:  # idle at once: its result, if any, is in self._finished for the next round
                 self._running.pop(claim.job.id, None)
                 self._free += 1
                 self._wake.set()
@@ -301,7 +348,7 @@ class Engine:
         env = {**self._base_env, **job.env, "QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(claim.attempt),
                orphans.ENGINE_ENV: self.id}
         started_at = time.time()
-        log_path = attempt_log_path(self.options.home, job.id, claim.attempt)
+        log_path = attempt_log_file(self._logs_dir, job.id, claim.attempt)
         task = asyncio.current_task()
         assert task is not None
         self._in_command[job.id] = task
@@ -316,9 +363,9 @@ class Engine:
             if job.id in self._cancelling and not self._fast:  # `queuectl cancel`, not a stop: the group is gone
                 self._cancelling.discard(job.id)
                 task.uncancel()
-                outcome = Outcome(exit_code=None, error="cancelled by `queuectl cancel`", log_path=str(log_path),
+                outcome = Outcome(exit_code=None, error="cancelled by `queuectl cancel`", log_path=log_path,
                                   started_at=started_at, finished_at=time.time())
-                await finish_even_if_cancelled(self._record_cancelled(claim, outcome))
+                self._finished.append(Finished(claim=claim, outcome=outcome, state=JobState.CANCELLED))
                 return
             await finish_even_if_cancelled(self._release(claim))
             raise
@@ -327,15 +374,17 @@ class Engine:
             outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
                               finished_at=time.time())
         self._cancelling.discard(job.id)  # flagged, but the command ended first: its result stands
-        await finish_even_if_cancelled(self._record(claim, outcome))
+        self._finished.append(self._decide(claim, outcome))
 
-    async def _record_cancelled(self, claim: Claim, outcome: Outcome) -> None:
-        ok = await self._store_call(lambda: self.store.bury_cancelled(claim, self.id, outcome), default=False)
-        if ok:
-            self.summary.cancelled += 1
-            self.log.emit("cancelled", f"{claim.job.id} cancelled: its process group was terminated",
-                          job=claim.job.id, attempt=claim.attempt)
-            self.notifier.job_ended("cancelled", claim.job, claim.attempt, outcome, "cancelled")
+    def _decide(self, claim: Claim, outcome: Outcome) -> Finished:
+        """Where the job goes after this attempt, by the retry policy in force now."""
+        if outcome.succeeded:
+            return Finished(claim=claim, outcome=outcome, state=JobState.COMPLETED)
+        decision = retry.decide(claim.job.attempts + 1, claim.job.max_retries, self.settings)
+        if decision.delay_s is None:
+            return Finished(claim=claim, outcome=outcome, state=JobState.DEAD)
+        return Finished(claim=claim, outcome=outcome, state=JobState.FAILED,
+                        retry_at=outcome.finished_at + decision.delay_s)
 
     def _cron_enqueued(self, ids: list[str]) -> None:
         self.log.emit("cron", f"cron enqueued {', '.join(ids)}", jobs=ids)
@@ -351,42 +400,42 @@ class Engine:
             self.log.emit("released", f"{claim.job.id} given back to the queue (attempt not counted)",
                           job=claim.job.id, attempt=claim.attempt)
 
-    async def _record(self, claim: Claim, outcome: Outcome) -> None:
-        job = claim.job
-        took = human_duration(outcome.finished_at - outcome.started_at)
-        if outcome.succeeded:
-            ok = await self._store_call(lambda: self.store.complete(claim, self.id, outcome), default=False)
-            if ok:
-                self.summary.completed += 1
-                self.log.emit("completed", f"{job.id} completed in {took}", job=job.id, attempt=claim.attempt,
-                              duration_s=round(outcome.finished_at - outcome.started_at, 6))
-                self.notifier.job_ended("completed", job, claim.attempt, outcome, "completed")
-        else:
-            self.summary.timed_out += outcome.timed_out
-            event = "timed_out" if outcome.timed_out else "failed"
-            decision = retry.decide(job.attempts + 1, job.max_retries, self.settings)
-            if decision.delay_s is None:
-                ok = await self._store_call(lambda: self.store.bury(claim, self.id, outcome), default=False)
-                if ok:
-                    self.summary.dead += 1
-                    self.log.emit("dead", f"{job.id} {outcome.error}; retries spent, moved to the dead-letter "
-                                  "queue", job=job.id, attempt=claim.attempt, error=outcome.error, outcome=event)
-                    self.notifier.job_ended("dead", job, claim.attempt, outcome, "dead")
-            else:
-                retry_at = outcome.finished_at + decision.delay_s
-                ok = await self._store_call(
-                    lambda: self.store.schedule_retry(claim, self.id, outcome, retry_at=retry_at), default=False)
-                if ok:
-                    self.summary.retried += 1
-                    self._heap.push(retry_at, job.id)
-                    self._wake.set()
-                    self.log.emit(event, f"{job.id} {outcome.error}; retrying in "
-                                  f"{human_duration(decision.delay_s)}", job=job.id, attempt=claim.attempt,
-                                  error=outcome.error, retry_in_s=round(decision.delay_s, 3))
-                    self.notifier.job_ended(event, job, claim.attempt, outcome, "failed")
-        if not ok and self._fatal is None:
-            self.log.emit("lost_claim", f"{job.id}: result of attempt {claim.attempt} not recorded: the job was "
-                          "given to another engine meanwhile", job=job.id, attempt=claim.attempt)
+    def _recorded(self, f: Finished, ok: bool) -> None:
+        """A round recorded this attempt's end (ok) or found the job taken over by another engine meanwhile."""
+        job, attempt, outcome = f.claim.job, f.claim.attempt, f.outcome
+        if not ok:
+            if self._fatal is None:
+                self.log.emit("lost_claim", f"{job.id}: result of attempt {attempt} not recorded: the job was "
+                              "given to another engine meanwhile", job=job.id, attempt=attempt)
+            return
+        if f.state == JobState.COMPLETED:
+            self.summary.completed += 1
+            took = human_duration(outcome.finished_at - outcome.started_at)
+            self.log.emit("completed", f"{job.id} completed in {took}", job=job.id, attempt=attempt,
+                          duration_s=round(outcome.finished_at - outcome.started_at, 6))
+            self.notifier.job_ended("completed", job, attempt, outcome, "completed")
+            return
+        if f.state == JobState.CANCELLED:
+            self.summary.cancelled += 1
+            self.log.emit("cancelled", f"{job.id} cancelled: its process group was terminated", job=job.id,
+                          attempt=attempt)
+            self.notifier.job_ended("cancelled", job, attempt, outcome, "cancelled")
+            return
+        self.summary.timed_out += outcome.timed_out
+        event = "timed_out" if outcome.timed_out else "failed"
+        if f.state == JobState.DEAD:
+            self.summary.dead += 1
+            self.log.emit("dead", f"{job.id} {outcome.error}; retries spent, moved to the dead-letter queue",
+                          job=job.id, attempt=attempt, error=outcome.error, outcome=event)
+            self.notifier.job_ended("dead", job, attempt, outcome, "dead")
+            return
+        assert f.retry_at is not None
+        delay_s = f.retry_at - outcome.finished_at
+        self.summary.retried += 1
+        self._heap.push(f.retry_at, job.id)  # the dispatcher, which runs this, sleeps until then at most
+        self.log.emit(event, f"{job.id} {outcome.error}; retrying in {human_duration(delay_s)}", job=job.id,
+                      attempt=attempt, error=outcome.error, retry_in_s=round(delay_s, 3))
+        self.notifier.job_ended(event, job, attempt, outcome, "failed")
 
     # ---- background duties ------------------------------------------------------------------------------------
 
@@ -438,11 +487,11 @@ class Engine:
     # ---- store failures ---------------------------------------------------------------------------------------
 
     async def _store_call(
-        self, op: Callable[[], Awaitable[T]], *, default: T, stop_on_request: bool = False
+        self, op: Callable[[], Awaitable[T]], *, default: T, give_up: asyncio.Event | None = None
     ) -> T:
         """Retry a store operation with backoff; after max_store_failures of it in a row (a heartbeat succeeding
-        meanwhile does not reset the count), stop the engine. A claim (stop_on_request) gives up once a stop is
-        requested, so that SIGTERM is obeyed while the database fails."""
+        meanwhile does not reset the count), stop the engine. With give_up (a stop request), a failing operation
+        is abandoned once that is set, so that SIGTERM is obeyed while the database fails."""
         delay_s = 0.5
         failures = 0
         while self._fatal is None:
@@ -452,10 +501,10 @@ class Engine:
                 failures += 1
                 self._store_failures = max(self._store_failures, failures - 1)
                 self._note_store_failure(exc)
-                if stop_on_request:
+                if give_up is not None:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop_requested.wait(), delay_s)
-                    if self._stopping:
+                        await asyncio.wait_for(give_up.wait(), delay_s)
+                    if give_up.is_set():
                         return default
                 else:
                     await asyncio.sleep(delay_s)

@@ -176,6 +176,17 @@ class Outcome:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Finished:
+    """An attempt that ended, to record: the state its job moves to (completed; failed, due again at retry_at;
+    dead; cancelled) as the engine decided it from the outcome and the retry policy."""
+
+    claim: Claim
+    outcome: Outcome
+    state: JobState
+    retry_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EngineInfo:
     """A running engine as registered in the store."""
 

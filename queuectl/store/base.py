@@ -18,6 +18,7 @@ from queuectl.models import (
     Counts,
     CronEntry,
     EngineInfo,
+    Finished,
     Job,
     JobState,
     Outcome,
@@ -90,6 +91,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def bury_cancelled(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
         """Record an attempt that `queuectl cancel` terminated: job cancelled, its waiting dependants too."""
+
+    async def record(
+        self, engine_id: str, finished: Sequence[Finished], *, now: float, claim_limit: int = 0,
+        queues: Collection[str] | None = None,
+    ) -> tuple[list[bool], list[Claim]]:
+        """Record ended attempts (each as complete, schedule_retry, bury or bury_cancelled would: False where the
+        engine no longer holds the job), then claim up to claim_limit due jobs as claim_due does. The engine's
+        one store round per wake-up: a backend may do it all in one transaction (SQLite does), and then a
+        failure records none of it. This default does one operation after the other."""
+        oks = []
+        for f in finished:
+            if f.state == JobState.COMPLETED:
+                ok = await self.complete(f.claim, engine_id, f.outcome)
+            elif f.state == JobState.FAILED:
+                assert f.retry_at is not None
+                ok = await self.schedule_retry(f.claim, engine_id, f.outcome, retry_at=f.retry_at)
+            elif f.state == JobState.DEAD:
+                ok = await self.bury(f.claim, engine_id, f.outcome)
+            else:
+                ok = await self.bury_cancelled(f.claim, engine_id, f.outcome)
+            oks.append(ok)
+        claims = await self.claim_due(engine_id, now=now, limit=claim_limit, queues=queues) if claim_limit > 0 else []
+        return oks, claims
 
     @abc.abstractmethod
     async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:

@@ -18,6 +18,7 @@ from queuectl.models import (
     Counts,
     CronEntry,
     EngineInfo,
+    Finished,
     Job,
     JobState,
     Outcome,
@@ -109,6 +110,12 @@ class SQLiteStore(Store):
         self, engine_id: str, *, now: float, limit: int, queues: Collection[str] | None = None
     ) -> list[Claim]:
         return await self._run(ops.claim, engine_id, now, limit, queues)
+
+    async def record(
+        self, engine_id: str, finished: Sequence[Finished], *, now: float, claim_limit: int = 0,
+        queues: Collection[str] | None = None,
+    ) -> tuple[list[bool], list[Claim]]:
+        return await self._run(ops.record, engine_id, finished, now, claim_limit, queues)
 
     async def complete(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
         return await self._run(_finish, claim, engine_id, outcome, JobState.COMPLETED, None)

@@ -11,7 +11,18 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from queuectl.errors import ConflictError, NotFoundError
-from queuectl.models import TERMINAL_STATES, Attempt, AttemptStatus, Claim, Counts, EngineInfo, Job, JobState, Outcome
+from queuectl.models import (
+    TERMINAL_STATES,
+    Attempt,
+    AttemptStatus,
+    Claim,
+    Counts,
+    EngineInfo,
+    Finished,
+    Job,
+    JobState,
+    Outcome,
+)
 from queuectl.store import sqlite_deps
 from queuectl.store.sqlite_tx import _chunks, _marks, _states_of, write_tx
 
@@ -25,26 +36,43 @@ def claim(
     conn: sqlite3.Connection, engine_id: str, now: float, limit: int, queues: Collection[str] | None = None
 ) -> list[Claim]:
     with write_tx(conn):
-        restricted = conn.execute(
-            "SELECT name, concurrency, paused FROM queues WHERE paused = 1 OR concurrency > 0").fetchall()
-        if queues is None and not restricted:  # the common case: one statement over the claim index
-            rows = conn.execute(
+        return _claim(conn, engine_id, now, limit, queues)
+
+
+def record(
+    conn: sqlite3.Connection, engine_id: str, finished: Sequence[Finished], now: float, limit: int,
+    queues: Collection[str] | None,
+) -> tuple[list[bool], list[Claim]]:
+    """The engine's round in one transaction: every ended attempt recorded, then the next jobs claimed. One
+    commit for many state changes is what keeps a busy engine's store cost per job low."""
+    with write_tx(conn):
+        oks = [_finish(conn, f.claim, engine_id, f.outcome, f.state, f.retry_at) for f in finished]
+        return oks, (_claim(conn, engine_id, now, limit, queues) if limit > 0 else [])
+
+
+def _claim(
+    conn: sqlite3.Connection, engine_id: str, now: float, limit: int, queues: Collection[str] | None
+) -> list[Claim]:
+    restricted = conn.execute(
+        "SELECT name, concurrency, paused FROM queues WHERE paused = 1 OR concurrency > 0").fetchall()
+    if queues is None and not restricted:  # the common case: one statement over the claim index
+        rows = conn.execute(
+            f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
+                       runs = runs + 1
+                WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_claim
+                              WHERE {_RUNNABLE} AND run_at <= ?
+                              ORDER BY priority DESC, run_at, seq LIMIT ?)
+                RETURNING *""",
+            (engine_id, now, now, now, limit),
+        ).fetchall()
+    else:
+        seqs = _pick_restricted(conn, now, limit, queues, restricted)
+        rows = []
+        for part in _chunks(seqs):
+            rows += conn.execute(
                 f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
-                           runs = runs + 1
-                    WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_claim
-                                  WHERE {_RUNNABLE} AND run_at <= ?
-                                  ORDER BY priority DESC, run_at, seq LIMIT ?)
-                    RETURNING *""",
-                (engine_id, now, now, now, limit),
-            ).fetchall()
-        else:
-            seqs = _pick_restricted(conn, now, limit, queues, restricted)
-            rows = []
-            for part in _chunks(seqs):
-                rows += conn.execute(
-                    f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
-                               runs = runs + 1 WHERE seq IN ({_marks(len(part))}) RETURNING *""",
-                    (engine_id, now, now, *part)).fetchall()
+                           runs = runs + 1 WHERE seq IN ({_marks(len(part))}) RETURNING *""",
+                (engine_id, now, now, *part)).fetchall()
     claims = [Claim(job=Job.from_row(r), attempt=r["runs"]) for r in rows]
     claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.seq))
     return claims
@@ -100,27 +128,33 @@ def finish(
 ) -> bool:
     """Close an attempt and move the job to `state` (completed, failed with run_at, dead or cancelled); a job
     that `queuectl cancel` asked to stop ends cancelled instead of being retried. Its dependants follow."""
-    finished_at = outcome.finished_at if state in TERMINAL_STATES else None
     with write_tx(conn):
-        row = conn.execute(
-            """UPDATE jobs SET state = ?, attempts = attempts + 1, run_at = COALESCE(?, run_at),
-                   finished_at = ?, updated_at = ?, exit_code = ?, last_error = ?, engine_id = NULL
-               WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ? RETURNING cancel_requested""",
-            (state, run_at, finished_at, outcome.finished_at, outcome.exit_code, outcome.error,
-             claim.job.seq, engine_id, claim.attempt),
-        ).fetchone()
-        if row is None:
-            return False
-        if row[0] and state not in TERMINAL_STATES:
-            state = JobState.CANCELLED
-            conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE seq = ?",
-                         (outcome.finished_at, claim.job.seq))
-        status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
-            AttemptStatus.CANCELLED if state == JobState.CANCELLED else
-            AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
-        _insert_attempt(conn, claim, engine_id, status, outcome.started_at, outcome.finished_at,
-                        outcome.exit_code, outcome.timed_out, outcome.error, outcome.output_tail, outcome.log_path)
-        _follow_end(conn, claim.job.id, state, outcome.finished_at)
+        return _finish(conn, claim, engine_id, outcome, state, run_at)
+
+
+def _finish(
+    conn: sqlite3.Connection, claim: Claim, engine_id: str, outcome: Outcome, state: JobState, run_at: float | None,
+) -> bool:
+    finished_at = outcome.finished_at if state in TERMINAL_STATES else None
+    row = conn.execute(
+        """UPDATE jobs SET state = ?, attempts = attempts + 1, run_at = COALESCE(?, run_at),
+               finished_at = ?, updated_at = ?, exit_code = ?, last_error = ?, engine_id = NULL
+           WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ? RETURNING cancel_requested""",
+        (state, run_at, finished_at, outcome.finished_at, outcome.exit_code, outcome.error,
+         claim.job.seq, engine_id, claim.attempt),
+    ).fetchone()
+    if row is None:
+        return False
+    if row[0] and state not in TERMINAL_STATES:
+        state = JobState.CANCELLED
+        conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE seq = ?",
+                     (outcome.finished_at, claim.job.seq))
+    status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
+        AttemptStatus.CANCELLED if state == JobState.CANCELLED else
+        AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
+    _insert_attempt(conn, claim, engine_id, status, outcome.started_at, outcome.finished_at,
+                    outcome.exit_code, outcome.timed_out, outcome.error, outcome.output_tail, outcome.log_path)
+    _follow_end(conn, claim.job.id, state, outcome.finished_at)
     return True
 
 
