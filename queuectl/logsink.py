@@ -22,7 +22,10 @@ from pathlib import Path
 
 #: Bytes of the end of the output kept with the attempt in the store.
 TAIL_BYTES = 4096
-#: Bytes per read, and the pipe's size where the system allows it (Linux gives 64 KiB by default).
+#: Bytes per read at first (Linux's default pipe size), and once a read fills that, per read and the pipe's size
+#: where the system allows it: a flood is copied in fewer, larger reads, while the common small output costs
+#: neither a larger pipe nor a 1 MiB buffer per read.
+_FIRST_CHUNK = 1 << 16
 _CHUNK = 1 << 20
 _SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
 #: Reads once the leader exited, before leaving the rest to the event loop: the pipe holds at most one chunk, so
@@ -33,12 +36,12 @@ _DRAIN_READS = 4
 _lingering: set[LogSink] = set()
 
 
-def open_log(path: Path) -> int:
+def open_log(path: str | Path) -> int:
     flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
     try:
         return os.open(path, flags, 0o600)
     except FileNotFoundError:  # the logs directory was removed under a running engine
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         return os.open(path, flags, 0o600)
 
 
@@ -46,7 +49,7 @@ class LogSink:
     """One attempt's output. `pipe()` gives the command's stdout, `attach()` starts copying, `finish()` after the
     leader exited reads what is left and says what to keep with the attempt."""
 
-    def __init__(self, path: Path, *, max_bytes: int = 0) -> None:
+    def __init__(self, path: str | Path, *, max_bytes: int = 0) -> None:
         self.path = path
         self._max_bytes = max_bytes
         self._read_fd: int | None = None
@@ -57,14 +60,14 @@ class LogSink:
         self._tail_at = max_bytes // 2  # where a capped log's newest output starts: after the head and any marker
         self._tail = bytearray()
         self._error: str | None = None
+        self._chunk = _FIRST_CHUNK
 
     def pipe(self) -> int:
         """The write end, for the command; the caller closes it once the command has started."""
         read_fd, write_fd = os.pipe()  # both close-on-exec (PEP 446); the command gets its own copy as stdout
-        os.set_blocking(read_fd, False)  # only our end: the command's writes block as usual when the pipe is full
-        if _SETPIPE_SZ is not None:  # a bigger pipe: a flood is copied in fewer, larger reads
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(read_fd, _SETPIPE_SZ, _CHUNK)
+        # Only our end is non-blocking: the command's writes block as usual when the pipe is full. (A new pipe's
+        # read end has no other status flags, so one F_SETFL does what os.set_blocking does with two calls.)
+        fcntl.fcntl(read_fd, fcntl.F_SETFL, os.O_NONBLOCK)
         self._read_fd = read_fd
         return write_fd
 
@@ -153,7 +156,7 @@ class LogSink:
         """Copy one chunk; False once nothing more is there for now (or ever: then the sink is closed)."""
         assert self._read_fd is not None
         try:
-            data = os.read(self._read_fd, _CHUNK)
+            data = os.read(self._read_fd, self._chunk)
         except BlockingIOError:
             return False
         except OSError:
@@ -161,6 +164,11 @@ class LogSink:
         if not data:
             self.close()
             return False
+        if len(data) == self._chunk < _CHUNK:  # a flood: larger reads from a larger pipe from now on
+            self._chunk = _CHUNK
+            if _SETPIPE_SZ is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(self._read_fd, _SETPIPE_SZ, _CHUNK)
         self.write(data)
         return True
 

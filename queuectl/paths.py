@@ -42,7 +42,12 @@ def ensure_home(home: Path) -> Path:
 def attempt_log_path(home: Path, job_id: str, attempt: int) -> Path:
     """One log file per attempt, all in one directory (a directory per job cost a mkdir per job). Job ids are
     file-name safe and never contain '#' (see jobspec), so the job of a log file is the part before the '#'."""
-    return home / LOGS_DIR / f"{job_id}#{attempt}.log"
+    return Path(attempt_log_file(str(home / LOGS_DIR), job_id, attempt))
+
+
+def attempt_log_file(logs_dir: str, job_id: str, attempt: int) -> str:
+    """attempt_log_path as a string, for the engine's hot path (no pathlib objects per job)."""
+    return f"{logs_dir}/{job_id}#{attempt}.log"
 
 
 def remove_logs(home: Path, job_ids: Iterable[str]) -> None:

@@ -16,6 +16,16 @@ from queuectl.aio import finish_even_if_cancelled
 from queuectl.logsink import LogSink
 from queuectl.models import Outcome
 
+_devnull: int | None = None
+
+
+def devnull() -> int:
+    """One /dev/null for every command's stdin, opened once: Popen's stdin=DEVNULL opens and closes it for each."""
+    global _devnull
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull
+
 
 def describe_exit(code: int) -> str:
     if code < 0:
@@ -56,7 +66,7 @@ async def run_command(
     *,
     cwd: str,
     env: Mapping[str, str],
-    log_path: Path,
+    log_path: str | Path,
     timeout_s: float | None,
     kill_grace_s: float,
     log_max_bytes: int = 0,
@@ -71,11 +81,11 @@ async def run_command(
             try:
                 proc = await asyncio.create_subprocess_shell(
                     command,
-                    stdin=subprocess.DEVNULL,
+                    stdin=devnull(),
                     stdout=write_fd,
                     stderr=subprocess.STDOUT,
                     cwd=cwd,
-                    env=dict(env),
+                    env=env,
                     start_new_session=True,  # the job leads its own process group: a timeout kills its whole tree
                 )
             finally:
