@@ -269,8 +269,12 @@ class Engine:
         return timeout
 
     async def _sleep(self, timeout_s: float | None) -> None:
+        if self._wake.is_set():
+            return
+        # asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own, at every sleep.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
 
     async def _idle(self) -> bool:
         counts = await self._store_call(lambda: self.store.counts(now=self._due_now()), default=None)

@@ -14,6 +14,8 @@ from queuectl.store.sqlite_tx import _chunks, _marks
 
 def promote(conn: sqlite3.Connection, dep_id: str, now: float) -> int:
     """dep_id completed: one dependency fewer for each waiting dependant; those with none left become pending."""
+    if conn.execute("SELECT 1 FROM job_deps WHERE dep_id = ? LIMIT 1", (dep_id,)).fetchone() is None:
+        return 0  # the common case, one look-up in the index instead of two updates
     conn.execute(
         """UPDATE jobs SET deps_left = deps_left - 1
            WHERE seq IN (SELECT job_seq FROM job_deps WHERE dep_id = ?) AND state = 'waiting'""", (dep_id,))

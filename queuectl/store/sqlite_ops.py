@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from queuectl.errors import ConflictError, NotFoundError
 from queuectl.models import (
@@ -25,9 +25,6 @@ from queuectl.models import (
 )
 from queuectl.store import sqlite_deps
 from queuectl.store.sqlite_tx import _chunks, _marks, _states_of, write_tx
-
-if TYPE_CHECKING:
-    pass
 
 _RUNNABLE = "state IN ('pending', 'failed')"
 
@@ -53,26 +50,36 @@ def record(
 def _claim(
     conn: sqlite3.Connection, engine_id: str, now: float, limit: int, queues: Collection[str] | None
 ) -> list[Claim]:
-    restricted = conn.execute(
-        "SELECT name, concurrency, paused FROM queues WHERE paused = 1 OR concurrency > 0").fetchall()
-    if queues is None and not restricted:  # the common case: one statement over the claim index
+    if queues is None:
+        # The common case, one statement over the claim index: it claims nothing while some queue is paused or
+        # capped, so any row it returns means no queue restricts this claim.
         rows = conn.execute(
             f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
                        runs = runs + 1
                 WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_claim
                               WHERE {_RUNNABLE} AND run_at <= ?
                               ORDER BY priority DESC, run_at, seq LIMIT ?)
+                  AND NOT EXISTS (SELECT 1 FROM queues WHERE paused = 1 OR concurrency > 0)
                 RETURNING *""",
             (engine_id, now, now, now, limit),
         ).fetchall()
-    else:
-        seqs = _pick_restricted(conn, now, limit, queues, restricted)
-        rows = []
-        for part in _chunks(seqs):
-            rows += conn.execute(
-                f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
-                           runs = runs + 1 WHERE seq IN ({_marks(len(part))}) RETURNING *""",
-                (engine_id, now, now, *part)).fetchall()
+        if rows:
+            return _claims(rows)
+    restricted = conn.execute(
+        "SELECT name, concurrency, paused FROM queues WHERE paused = 1 OR concurrency > 0").fetchall()
+    if queues is None and not restricted:
+        return []  # nothing due
+    seqs = _pick_restricted(conn, now, limit, queues, restricted)
+    rows = []
+    for part in _chunks(seqs):
+        rows += conn.execute(
+            f"""UPDATE jobs SET state = 'processing', engine_id = ?, started_at = ?, updated_at = ?,
+                       runs = runs + 1 WHERE seq IN ({_marks(len(part))}) RETURNING *""",
+            (engine_id, now, now, *part)).fetchall()
+    return _claims(rows)
+
+
+def _claims(rows: list[Any]) -> list[Claim]:
     claims = [Claim(job=Job.from_row(r), attempt=r["runs"]) for r in rows]
     claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.seq))
     return claims
