@@ -332,18 +332,20 @@ class Engine:
     # ---- workers ----------------------------------------------------------------------------------------------
 
     async def _worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             claim = await self._queue.get()
             if claim is None:
                 return
             try:
-                await self._execute(claim)
+                await self._execute(claim, task)
             finally:  # idle at once: its result, if any, is in self._finished for the next round
                 self._running.pop(claim.job.id, None)
                 self._free += 1
                 self._wake.set()
 
-    async def _execute(self, claim: Claim) -> None:
+    async def _execute(self, claim: Claim, task: asyncio.Task[None]) -> None:
         job = claim.job
         timeout_s = job.timeout_s if job.timeout_s is not None else self.settings.job_timeout_s
         self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {_short(job.command)}",
@@ -353,8 +355,6 @@ class Engine:
                orphans.ENGINE_ENV: self.id}
         started_at = time.time()
         log_path = attempt_log_file(self._logs_dir, job.id, claim.attempt)
-        task = asyncio.current_task()
-        assert task is not None
         self._in_command[job.id] = task
         try:
             try:

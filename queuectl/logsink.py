@@ -32,6 +32,11 @@ _SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
 #: more only comes from a leftover process still writing, which must not hold the loop.
 _DRAIN_READS = 4
 
+#: Seconds a command runs before its pipe is watched and its output copied as it comes. Most commands end sooner,
+#: and their output is read once, at the end, without registering the pipe with the event loop (two epoll calls
+#: and their bookkeeping per job). Meanwhile the pipe holds 64 KiB: a command printing more waits this long at most.
+WATCH_AFTER_S = 0.01
+
 #: Sinks still copying from a pipe that a leftover process holds, closed when the engine stops.
 _lingering: set[LogSink] = set()
 
@@ -61,6 +66,8 @@ class LogSink:
         self._tail = bytearray()
         self._error: str | None = None
         self._chunk = _FIRST_CHUNK
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._watching = False
 
     def pipe(self) -> int:
         """The write end, for the command; the caller closes it once the command has started."""
@@ -72,9 +79,17 @@ class LogSink:
         return write_fd
 
     def attach(self) -> None:
+        """The command has started: copy its output as it comes from WATCH_AFTER_S on (finish() reads the rest)."""
         assert self._read_fd is not None
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._read_fd, self._on_readable)
+        self._watch_timer = self._loop.call_later(WATCH_AFTER_S, self._watch)
+
+    def _watch(self) -> None:
+        self._watch_timer = None
+        if self._read_fd is not None and not self._watching:
+            assert self._loop is not None
+            self._loop.add_reader(self._read_fd, self._on_readable)
+            self._watching = True
 
     def write(self, data: bytes) -> None:
         if len(data) >= TAIL_BYTES:
@@ -134,14 +149,22 @@ class LogSink:
             if self._read_fd is None or not self._read_once():
                 break
         if self._read_fd is not None:
+            if self._watch_timer is not None:
+                self._watch_timer.cancel()
+            if self._loop is not None:
+                self._watch()
             _lingering.add(self)
         tail = bytes(self._tail).decode("utf-8", errors="replace")
         return f"{tail}\n{self._error}" if self._error else tail
 
     def close(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
         if self._read_fd is not None:
-            if self._loop is not None and not self._loop.is_closed():
+            if self._watching and self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._read_fd)
+                self._watching = False
             os.close(self._read_fd)
             self._read_fd = None
         if self._file_fd is not None:
