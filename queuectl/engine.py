@@ -59,6 +59,10 @@ class Engine:
         self._fast_requested = asyncio.Event()
         #: Attempts that ended, in the order they ended, for the dispatcher's next round to record.
         self._finished: list[Finished] = []
+        #: Moving average of recent attempts' run times: only short jobs are claimed ahead.
+        self._recent_job_s = float("inf")
+        self._last_round_at = 0.0
+        self._deferred = False
         # What is due is decided by the wall clock, which can be stepped back; _due_now never goes back.
         self._wall_seen, self._mono_seen = time.time(), time.monotonic()
         self._fast = False
@@ -147,8 +151,9 @@ class Engine:
                 asyncio.create_task(self._every(self.options.change_poll_s, self._check_changes), name="change-watch"),
                 asyncio.create_task(self._every(self.options.retention_interval_s, self._retention), name="retention"),
                 asyncio.create_task(duties.cancel_watch(
-                    self.store, self.id, self._cancel_check, self._in_command, self._cancelling,
-                    self._note_store_failure, self.options.cancel_check_min_interval_s), name="cancel-watch"),
+                    self.store, self.id, self._cancel_check, self._running, self._in_command, self._cancelling,
+                    self._note_store_failure, self.options.cancel_check_min_interval_s, self.log),
+                    name="cancel-watch"),
                 asyncio.create_task(duties.cron_loop(
                     self.store, self._cron_wake, self._cron_enqueued, self._note_store_failure,
                     self.options.max_sleep_s), name="cron"),
@@ -203,17 +208,31 @@ class Engine:
                 return
             await self._sleep(self._sleep_s(now))
 
+    def _ahead(self) -> int:
+        """Jobs a round may claim beyond the idle workers: while a backlog is due and jobs are short, one per
+        worker, so that a worker whose command ended starts the next at once instead of after a store round."""
+        short = self._recent_job_s < self.options.claim_ahead_max_job_s
+        return self.options.workers if self._backlog and short and not self._stopping else 0
+
     async def _round(self) -> int:
-        """Record the attempts that ended and claim jobs for the idle workers, in one store call. Returns how many
-        jobs were claimed."""
-        if not self._finished and (self._stopping or self._free <= 0):
+        """Record the attempts that ended and claim jobs for the idle workers (and ahead, see _ahead), in one store
+        call. Returns how many jobs were claimed."""
+        self._deferred = False
+        if not self._finished and (self._stopping or self._free + self._ahead() <= 0):
             return 0
+        if (not self._stopping and self._queue.qsize() >= max(1, self.options.workers // 2)
+                and len(self._finished) < self.options.workers
+                and time.monotonic() - self._last_round_at < self.options.round_defer_s):
+            # Workers have jobs claimed ahead: let a few more attempts end, and record them in one transaction.
+            self._deferred = True
+            return 0
+        self._last_round_at = time.monotonic()
         finished, self._finished = self._finished, []
         limit = 0
 
         def op() -> Awaitable[tuple[list[bool], list[Claim]]]:
             nonlocal limit  # each try claims for the workers idle then (more become idle while a store is failing)
-            limit = 0 if self._stopping else self._free
+            limit = 0 if self._stopping else max(0, self._free + self._ahead())
             return self.store.record(self.id, finished, now=self._due_now(), claim_limit=limit,
                                      queues=self.options.queues)
 
@@ -231,7 +250,8 @@ class Engine:
             self._recorded(f, ok)
         # A full claim means more may be due: the next free worker asks the store again, so the window
         # (only there to sleep until the next due time) need not be re-read until a claim comes back short.
-        self._backlog = limit > 0 and len(claims) == limit
+        if limit > 0:
+            self._backlog = len(claims) == limit
         for claim in claims:
             self._free -= 1
             self._running[claim.job.id] = claim
@@ -257,7 +277,9 @@ class Engine:
         return now
 
     def _sleep_s(self, now: float) -> float | None:
-        if self._free == 0:
+        if self._deferred:
+            return max(0.0, self._last_round_at + self.options.round_defer_s - time.monotonic())
+        if self._free <= 0:
             return None  # a finishing worker wakes us
         timeout = self.options.max_sleep_s
         deadline = self._heap.next_deadline()
@@ -299,7 +321,7 @@ class Engine:
         self._dirty = True
         self._wake.set()
         self._cron_wake.set()
-        if cancel and self._in_command:
+        if cancel and self._running:
             self._cancel_check.set()
 
     async def _check_changes(self) -> None:
@@ -347,6 +369,13 @@ class Engine:
 
     async def _execute(self, claim: Claim, task: asyncio.Task[None]) -> None:
         job = claim.job
+        if job.id in self._cancelling:  # `queuectl cancel` reached it while it waited, claimed ahead: never started
+            self._cancelling.discard(job.id)
+            now = time.time()
+            outcome = Outcome(exit_code=None, error="cancelled by `queuectl cancel` before it started",
+                              started_at=now, finished_at=now)
+            self._finished.append(Finished(claim=claim, outcome=outcome, state=JobState.CANCELLED))
+            return
         timeout_s = job.timeout_s if job.timeout_s is not None else self.settings.job_timeout_s
         self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {_short(job.command)}",
                       job=job.id, attempt=claim.attempt, command=job.command)
@@ -378,6 +407,8 @@ class Engine:
             outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
                               finished_at=time.time())
         self._cancelling.discard(job.id)  # flagged, but the command ended first: its result stands
+        took_s = outcome.finished_at - outcome.started_at
+        self._recent_job_s = took_s if self._recent_job_s == float("inf") else 0.8 * self._recent_job_s + 0.2 * took_s
         self._finished.append(self._decide(claim, outcome))
 
     def _decide(self, claim: Claim, outcome: Outcome) -> Finished:

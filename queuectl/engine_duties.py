@@ -12,30 +12,40 @@ from pathlib import Path
 from queuectl import paths
 from queuectl.config import Settings
 from queuectl.errors import StoreError
-from queuectl.models import JobState
+from queuectl.events import EventLog
+from queuectl.models import Claim, JobState
 from queuectl.store.base import Store
 
 
 async def cancel_watch(
-    store: Store, engine_id: str, check: asyncio.Event, in_command: Mapping[str, asyncio.Task[None]],
-    cancelling: set[str], on_store_error: Callable[[StoreError], None], min_interval_s: float,
+    store: Store, engine_id: str, check: asyncio.Event, claimed: Mapping[str, Claim],
+    in_command: Mapping[str, asyncio.Task[None]], cancelling: set[str], on_store_error: Callable[[StoreError], None],
+    min_interval_s: float, log: EventLog,
 ) -> None:
     """Each time `check` is set: cancel the worker task of every running job of this engine that is flagged. The
-    worker's runner terminates the job's process group; the worker sees `cancelling` and records it cancelled."""
+    worker's runner terminates the job's process group; the worker sees `cancelling` and records it cancelled. A
+    flagged job claimed ahead that no worker has started yet is marked in `cancelling` too: it will not start."""
     while True:
         await check.wait()
         check.clear()
-        if in_command:
+        if claimed:
             try:
                 flagged = await store.cancel_requests(engine_id)
             except StoreError as exc:
                 on_store_error(exc)
                 flagged = []
             for job_id in flagged:
+                if job_id in cancelling:
+                    continue
                 task = in_command.get(job_id)
-                if task is not None and job_id not in cancelling:
+                if task is not None:
                     cancelling.add(job_id)
                     task.cancel()
+                    log.emit("cancelling", f"{job_id}: cancel requested, terminating its process group", job=job_id)
+                elif job_id in claimed:  # claimed ahead, not started
+                    cancelling.add(job_id)
+                    log.emit("cancelling", f"{job_id}: cancel requested before it started; it will not run",
+                             job=job_id)
         await asyncio.sleep(min_interval_s)  # a storm of changes costs one look per interval
 
 
