@@ -231,8 +231,12 @@ class Engine:
         limit = 0
 
         def op() -> Awaitable[tuple[list[bool], list[Claim]]]:
-            nonlocal limit  # each try claims for the workers idle then (more become idle while a store is failing)
-            limit = 0 if self._stopping else max(0, self._free + self._ahead())
+            # Each try claims for the workers idle then (more become idle while a store is failing). The jobs this
+            # engine holds in the store (claimed, not yet recorded as ended) never pass 2 x workers: running,
+            # claimed ahead, or ended with their result waiting (those in self._finished; this batch's are
+            # recorded in the same transaction as the claim).
+            nonlocal limit
+            limit = 0 if self._stopping else max(0, self._free + self._ahead() - len(self._finished))
             return self.store.record(self.id, finished, now=self._due_now(), claim_limit=limit,
                                      queues=self.options.queues)
 

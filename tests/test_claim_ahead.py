@@ -9,6 +9,7 @@ worker "claimed ahead" reads: claimed before the previous job's command ended.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from queuectl.api import Queue
@@ -23,7 +24,7 @@ async def _claimed_before_previous_ended(home: Path, ids: list[str]) -> list[str
         found = await async_jobs(q)
         ends = {i: (await q.store.attempts(i))[-1].finished_at for i in ids}
     early = []
-    for before, after in zip(ids, ids[1:], strict=False):
+    for before, after in itertools.pairwise(ids):
         claimed_at, previous_end = found[after].started_at, ends[before]
         assert claimed_at is not None and previous_end is not None
         if claimed_at < previous_end:

@@ -1,8 +1,9 @@
 """Crash loop on PostgreSQL: a `queuectl run` process on a fresh schema of the real server is SIGKILLed at random
 moments (during start-up, while idle, in the middle of claims and results) at least 20 times and restarted each
 time; then one engine drains the queue. Every job must end in the state it deserves, none may be lost, and the
-re-runs (job starts beyond the attempts that counted) must stay within kills x workers: only the jobs running at a
-kill run again.
+re-runs (job starts beyond the attempts that counted) must stay within the interrupted attempts, and those within
+kills x 2 x workers: an engine holds at most 2 x workers jobs (running, claimed ahead, or ended with the result not
+yet recorded), and only the ones whose command had started run again.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _kill_loop(home: Path, tmp_path: Path, env: dict[str, str], rng: random.Rand
     return kills
 
 
-def test_engine_sigkilled_20_times_at_random_loses_nothing_and_reruns_at_most_kills_x_workers(
+def test_engine_sigkilled_20_times_at_random_loses_nothing_and_reruns_only_interrupted_ones(
         home: Path, tmp_path: Path, figures: dict[str, Any]) -> None:
     base = postgres_url()
     skip_unless_reachable(base)
@@ -139,8 +140,10 @@ def test_engine_sigkilled_20_times_at_random_loses_nothing_and_reruns_at_most_ki
     reruns = sum(starts.values()) - counted_total
     interrupted = sum(a.status == AttemptStatus.INTERRUPTED for h in attempts.values() for a in h)
     assert all(starts[i] >= jobs[i].attempts for i in jobs), "a counted attempt never started"
-    assert 0 <= reruns <= kills * WORKERS, f"seed {seed}: {reruns} re-runs after {kills} kills x {WORKERS} workers"
-    assert interrupted <= kills * WORKERS, f"seed {seed}: {interrupted} interrupted attempts after {kills} kills"
+    assert 0 <= reruns <= interrupted <= kills * 2 * WORKERS, (
+        f"seed {seed}: {reruns} re-runs, {interrupted} interrupted attempts after {kills} kills x 2 x {WORKERS} "
+        "workers")
     figures.update({"backend": "postgresql", "seed": seed, "jobs": len(jobs), "kills (SIGKILL)": kills,
-                    "workers": WORKERS, "interrupted attempts": interrupted, "re-runs (bound kills x workers)": reruns,
+                    "workers": WORKERS, "interrupted attempts": interrupted,
+                    "re-runs (at most the interrupted attempts)": reruns,
                     "job starts": sum(starts.values()), "lost": 0})
