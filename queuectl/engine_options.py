@@ -44,7 +44,7 @@ class EngineOptions:
     #: Claim ahead (up to one job per worker beyond the idle ones) while a backlog is due and recent attempts took
     #: less than this on average: a worker then starts its next job at once, and one store round records and
     #: claims for several jobs. Longer jobs are never claimed ahead (0 turns claiming ahead off).
-    claim_ahead_max_job_s: float = 0.05
+    claim_ahead_max_job_s: float = 0.1
     #: While workers have jobs claimed ahead, ended attempts wait at most this long to be recorded together.
     round_defer_s: float = 0.002
 

@@ -47,8 +47,8 @@ async def test_a_backlog_of_short_jobs_is_claimed_ahead(home: Path, work: Path) 
 
 
 async def test_long_jobs_are_never_claimed_ahead(home: Path, work: Path) -> None:
-    async with Queue(home) as q:  # 0.1 s each, over the 0.05 s average below which jobs are claimed ahead
-        ids = await _enqueue_in_order(q, work, 6, "sleep 0.1")
+    async with Queue(home) as q:  # 0.2 s each, over the 0.1 s average below which jobs are claimed ahead
+        ids = await _enqueue_in_order(q, work, 6, "sleep 0.2")
     summary, _ = await run_until_idle(home, workers=1, timeout=60)
     assert summary.completed == 6
     assert await _claimed_before_previous_ended(home, ids) == []
