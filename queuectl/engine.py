@@ -6,7 +6,7 @@ The dispatcher is the only claimer and the only recorder of results: a worker wh
 result over and is idle at once; the dispatcher's next round records every result handed over since the last one
 and claims jobs for the idle workers, in one store call (one transaction on SQLite). It clears its wake event
 *before* each round, so a wake-up that arrives meanwhile is never lost, and it claims at most as many jobs as
-there are idle workers.
+there are idle workers, plus, while a backlog of short jobs is due, one per worker ahead (see _ahead).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from queuectl import config, logsink, orphans, retry, wakeup
+from queuectl import config, logsink, orphans, wakeup
 from queuectl import engine_duties as duties
+from queuectl import engine_results as results
 from queuectl.aio import finish_even_if_cancelled
 from queuectl.engine_options import EngineOptions, Summary, install_child_watcher
 from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUnavailableError
@@ -34,7 +35,6 @@ from queuectl.procs import pid_alive
 from queuectl.runner import run_command
 from queuectl.scheduler import DueHeap
 from queuectl.store.base import Store
-from queuectl.timefmt import human_duration
 
 T = TypeVar("T")
 __all__ = ["Engine", "EngineOptions", "Summary", "install_child_watcher"]
@@ -413,17 +413,7 @@ class Engine:
         self._cancelling.discard(job.id)  # flagged, but the command ended first: its result stands
         took_s = outcome.finished_at - outcome.started_at
         self._recent_job_s = took_s if self._recent_job_s == float("inf") else 0.8 * self._recent_job_s + 0.2 * took_s
-        self._finished.append(self._decide(claim, outcome))
-
-    def _decide(self, claim: Claim, outcome: Outcome) -> Finished:
-        """Where the job goes after this attempt, by the retry policy in force now."""
-        if outcome.succeeded:
-            return Finished(claim=claim, outcome=outcome, state=JobState.COMPLETED)
-        decision = retry.decide(claim.job.attempts + 1, claim.job.max_retries, self.settings)
-        if decision.delay_s is None:
-            return Finished(claim=claim, outcome=outcome, state=JobState.DEAD)
-        return Finished(claim=claim, outcome=outcome, state=JobState.FAILED,
-                        retry_at=outcome.finished_at + decision.delay_s)
+        self._finished.append(results.decide(claim, outcome, self.settings))
 
     def _cron_enqueued(self, ids: list[str]) -> None:
         self.log.emit("cron", f"cron enqueued {', '.join(ids)}", jobs=ids)
@@ -441,40 +431,11 @@ class Engine:
 
     def _recorded(self, f: Finished, ok: bool) -> None:
         """A round recorded this attempt's end (ok) or found the job taken over by another engine meanwhile."""
-        job, attempt, outcome = f.claim.job, f.claim.attempt, f.outcome
-        if not ok:
-            if self._fatal is None:
-                self.log.emit("lost_claim", f"{job.id}: result of attempt {attempt} not recorded: the job was "
-                              "given to another engine meanwhile", job=job.id, attempt=attempt)
-            return
-        if f.state == JobState.COMPLETED:
-            self.summary.completed += 1
-            took = human_duration(outcome.finished_at - outcome.started_at)
-            self.log.emit("completed", f"{job.id} completed in {took}", job=job.id, attempt=attempt,
-                          duration_s=round(outcome.finished_at - outcome.started_at, 6))
-            self.notifier.job_ended("completed", job, attempt, outcome, "completed")
-            return
-        if f.state == JobState.CANCELLED:
-            self.summary.cancelled += 1
-            self.log.emit("cancelled", f"{job.id} cancelled: its process group was terminated", job=job.id,
-                          attempt=attempt)
-            self.notifier.job_ended("cancelled", job, attempt, outcome, "cancelled")
-            return
-        self.summary.timed_out += outcome.timed_out
-        event = "timed_out" if outcome.timed_out else "failed"
-        if f.state == JobState.DEAD:
-            self.summary.dead += 1
-            self.log.emit("dead", f"{job.id} {outcome.error}; retries spent, moved to the dead-letter queue",
-                          job=job.id, attempt=attempt, error=outcome.error, outcome=event)
-            self.notifier.job_ended("dead", job, attempt, outcome, "dead")
-            return
-        assert f.retry_at is not None
-        delay_s = f.retry_at - outcome.finished_at
-        self.summary.retried += 1
-        self._heap.push(f.retry_at, job.id)  # the dispatcher, which runs this, sleeps until then at most
-        self.log.emit(event, f"{job.id} {outcome.error}; retrying in {human_duration(delay_s)}", job=job.id,
-                      attempt=attempt, error=outcome.error, retry_in_s=round(delay_s, 3))
-        self.notifier.job_ended(event, job, attempt, outcome, "failed")
+        if ok:
+            results.report(f, self.summary, self.log, self.notifier, self._heap)
+        elif self._fatal is None:
+            self.log.emit("lost_claim", f"{f.claim.job.id}: result of attempt {f.claim.attempt} not recorded: the "
+                          "job was given to another engine meanwhile", job=f.claim.job.id, attempt=f.claim.attempt)
 
     # ---- background duties ------------------------------------------------------------------------------------
 
