@@ -25,7 +25,7 @@ from queuectl import config, logsink, orphans, wakeup
 from queuectl import engine_duties as duties
 from queuectl import engine_results as results
 from queuectl.aio import finish_even_if_cancelled
-from queuectl.engine_options import EngineOptions, Summary, install_child_watcher
+from queuectl.engine_options import EngineOptions, Summary, claim_ahead_jobs, install_child_watcher
 from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUnavailableError
 from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, Finished, JobState, Outcome
@@ -209,10 +209,10 @@ class Engine:
             await self._sleep(self._sleep_s(now))
 
     def _ahead(self) -> int:
-        """Jobs a round may claim beyond the idle workers: while a backlog is due and jobs are short, one per
-        worker, so that a worker whose command ended starts the next at once instead of after a store round."""
+        """Jobs a round may claim beyond the idle workers: while a backlog is due and jobs are short, so that a
+        worker whose command ended starts the next at once instead of after a store round."""
         short = self._recent_job_s < self.options.claim_ahead_max_job_s
-        return self.options.workers if self._backlog and short and not self._stopping else 0
+        return claim_ahead_jobs(self.options.workers) if self._backlog and short and not self._stopping else 0
 
     async def _round(self) -> int:
         """Record the attempts that ended and claim jobs for the idle workers (and ahead, see _ahead), in one store
@@ -232,9 +232,9 @@ class Engine:
 
         def op() -> Awaitable[tuple[list[bool], list[Claim]]]:
             # Each try claims for the workers idle then (more become idle while a store is failing). The jobs this
-            # engine holds in the store (claimed, not yet recorded as ended) never pass 2 x workers: running,
-            # claimed ahead, or ended with their result waiting (those in self._finished; this batch's are
-            # recorded in the same transaction as the claim).
+            # engine holds in the store (claimed, not yet recorded as ended) never pass workers + claim_ahead_jobs:
+            # running, claimed ahead, or ended with their result waiting (those in self._finished; this batch's
+            # are recorded in the same transaction as the claim).
             nonlocal limit
             limit = 0 if self._stopping else max(0, self._free + self._ahead() - len(self._finished))
             return self.store.record(self.id, finished, now=self._due_now(), claim_limit=limit,

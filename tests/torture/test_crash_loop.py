@@ -4,10 +4,10 @@ while it runs jobs) and restarted each time; then one engine drains the queue.
 
 Afterwards every job is in the state its command deserves (completed, or dead after its retries), none is lost,
 `PRAGMA integrity_check` is ok, the state counters agree with the rows, no job process survives, and a job ran more
-than its counted attempts only if it was interrupted by a kill: re-runs <= interrupted attempts <= kills x 2 x
-workers (an engine holds at most 2 x workers jobs: running, claimed ahead, or ended with the result not yet
-recorded). Every job appends its id to a runs file (O_APPEND) when it starts, which is how runs are counted
-independently of the database.
+than its counted attempts only if it was interrupted by a kill: re-runs <= interrupted attempts <= kills x held,
+where held = workers + claim_ahead_jobs(workers) is the most jobs an engine holds (running, claimed ahead, or ended
+with the result not yet recorded): 16 for 8 workers. Every job appends its id to a runs file (O_APPEND) when it
+starts, which is how runs are counted independently of the database.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from queuectl.engine_options import claim_ahead_jobs
 from queuectl.models import AttemptStatus, JobState
 from tests.engine_helpers import Engines, _processes_of_home, attempts, cli, config_set, enqueue_many, jobs
 from tests.torture.support import counters_match, elapsed, engine_logs_clean, integrity, runs_of
@@ -28,6 +29,8 @@ from tests.torture.support import counters_match, elapsed, engine_logs_clean, in
 JOBS = 2000
 KILLS = 50
 WORKERS = 8
+#: The most jobs one engine holds in the store: running, claimed ahead, or ended with the result not yet recorded.
+HELD = WORKERS + claim_ahead_jobs(WORKERS)
 MAX_RETRIES = 1
 #: The kill loop's own bound (the drain after it has another).
 LOOP_BUDGET_S = 200.0
@@ -132,7 +135,7 @@ def test_engine_sigkilled_50_times_loses_no_job_and_reruns_only_interrupted_ones
         "jobs lost": sum(1 for i in specs if i not in found), "jobs in a wrong state": len(wrong),
         "interrupted attempts": interrupted, "recoveries logged": recovered,
         "job starts": sum(starts.values()), "counted attempts": counted_total,
-        "re-runs": reruns, "bound on re-runs and interrupted attempts (kills x 2 x workers)": KILLS * 2 * WORKERS,
+        "re-runs": reruns, "bound on re-runs and interrupted attempts (kills x held)": KILLS * HELD,
         "tracebacks / internal errors": len(bad_lines), "integrity_check": checked,
         "surviving job processes": len(survivors), "kill loop seconds": loop_s,
     })
@@ -144,6 +147,5 @@ def test_engine_sigkilled_50_times_loses_no_job_and_reruns_only_interrupted_ones
     assert not survivors, f"job processes still running after the drain: {survivors}"
     assert all(starts[i] >= found[i].attempts for i in found), "a counted attempt never started its command"
     assert all(starts[i] <= len(history[i]) for i in found), "a command ran without an attempt recorded for it"
-    assert 0 <= reruns <= interrupted <= KILLS * 2 * WORKERS, (
-        f"seed {SEED}: {reruns} re-runs, {interrupted} interrupted attempts after {KILLS} kills x 2 x {WORKERS} "
-        "workers")
+    assert 0 <= reruns <= interrupted <= KILLS * HELD, (
+        f"seed {SEED}: {reruns} re-runs, {interrupted} interrupted attempts after {KILLS} kills, {HELD} jobs held")
