@@ -120,6 +120,8 @@ KEYS: dict[str, Key] = {
             "shell command run when a job completes; placeholders like {id} (see README: finish hooks)"),
         Key("on-failure", "on_failure", "", _hook, "shell command run when an attempt fails and will be retried"),
         Key("on-dead", "on_dead", "", _hook, "shell command run when a job's retries are spent"),
+        Key("claim-ahead-below", "claim_ahead_below_s", "100ms", _duration,
+            "engines claim jobs ahead of their workers while recent jobs took less than this on average (0 = never)"),
     )
 }
 
@@ -141,6 +143,8 @@ class Settings:
     on_success: str = ""
     on_failure: str = ""
     on_dead: str = ""
+    #: Jobs are claimed ahead of the workers while recent ones ran shorter than this on average (0: never).
+    claim_ahead_below_s: float = 0.1
 
 
 def canonical_key(name: str) -> Key:

@@ -211,7 +211,7 @@ class Engine:
     def _ahead(self) -> int:
         """Jobs a round may claim beyond the idle workers: while a backlog is due and jobs are short, so that a
         worker whose command ended starts the next at once instead of after a store round."""
-        short = self._recent_job_s < self.options.claim_ahead_max_job_s
+        short = self._recent_job_s < self.settings.claim_ahead_below_s  # config claim-ahead-below
         return claim_ahead_jobs(self.options.workers) if self._backlog and short and not self._stopping else 0
 
     async def _round(self) -> int:

@@ -41,10 +41,6 @@ class EngineOptions:
     queues: tuple[str, ...] | None = None
     #: Cancel requests are looked up at most this often under a storm of changes.
     cancel_check_min_interval_s: float = 0.02
-    #: Claim ahead (claim_ahead_jobs(workers) beyond the idle workers) while a backlog is due and recent attempts
-    #: took less than this on average: a worker then starts its next job at once, and one store round records and
-    #: claims for several jobs. Longer jobs are never claimed ahead (0 turns claiming ahead off).
-    claim_ahead_max_job_s: float = 0.1
     #: While workers have jobs claimed ahead, ended attempts wait at most this long to be recorded together.
     round_defer_s: float = 0.002
 

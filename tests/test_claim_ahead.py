@@ -54,10 +54,11 @@ async def test_long_jobs_are_never_claimed_ahead(home: Path, work: Path) -> None
     assert await _claimed_before_previous_ended(home, ids) == []
 
 
-async def test_claiming_ahead_can_be_turned_off(home: Path, work: Path) -> None:
+async def test_claiming_ahead_can_be_turned_off_by_config(home: Path, work: Path) -> None:
     async with Queue(home) as q:
         ids = await _enqueue_in_order(q, work, 60, "true")
-    summary, _ = await run_until_idle(home, workers=1, timeout=60, claim_ahead_max_job_s=0.0)
+        await q.config_set("claim-ahead-below", "0")
+    summary, _ = await run_until_idle(home, workers=1, timeout=60)
     assert summary.completed == 60
     assert await _claimed_before_previous_ended(home, ids) == []
 

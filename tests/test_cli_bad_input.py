@@ -233,7 +233,8 @@ def test_unknown_config_key(queue: dict[str, Any], args: list[str]) -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("max-retries", "abc"), ("max-retries", "2.5"), ("max-retries", "-1"),
                                             ("backoff-base", "0"), ("backoff-base", "x"), ("backoff-max", "forever"),
-                                            ("job-timeout", "-5s"), ("kill-grace", "soon"), ("retry-jitter", "2")])
+                                            ("job-timeout", "-5s"), ("kill-grace", "soon"), ("retry-jitter", "2"),
+                                            ("claim-ahead-below", "quick")])
 def test_invalid_config_value(queue: dict[str, Any], key: str, value: str) -> None:
     refused(queue, ["config", "set", key, "--", value] if value.startswith("-") else ["config", "set", key, value],
             USAGE, key)

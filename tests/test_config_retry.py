@@ -51,7 +51,8 @@ def test_an_unknown_key_is_a_validation_error_listing_the_known_ones(name: str) 
 @pytest.mark.parametrize(("name", "raw", "stored"), [
     ("max_retries", "5", "5"), ("max-retries", " 0 ", "0"), ("backoff-base", "1.5", "1.5"),
     ("backoff-max", "10m", "10m"), ("job-timeout", "30s", "30s"), ("job-timeout", "none", "none"),
-    ("kill-grace", "2", "2"), ("retry-jitter", "0.25", "0.25"),
+    ("kill-grace", "2", "2"), ("retry-jitter", "0.25", "0.25"), ("claim-ahead-below", "250ms", "250ms"),
+    ("claim_ahead_below", "0", "0"),
 ])
 def test_valid_values_are_accepted_and_stored_trimmed(name: str, raw: str, stored: str) -> None:
     key, value = config.validate(name, raw)
@@ -67,6 +68,7 @@ def test_valid_values_are_accepted_and_stored_trimmed(name: str, raw: str, store
     ("job-timeout", "-1"), ("job-timeout", "abc"),
     ("kill-grace", "-1s"), ("kill-grace", "never"),
     ("retry-jitter", "1.5"), ("retry-jitter", "-0.1"), ("retry-jitter", "x"),
+    ("claim-ahead-below", "-1ms"), ("claim-ahead-below", "fast"), ("claim-ahead-below", "nan"),
 ])
 def test_invalid_values_are_refused_naming_the_key(name: str, raw: str) -> None:
     with pytest.raises(ValidationError) as err:
