@@ -6,7 +6,7 @@ The dispatcher is the only claimer and the only recorder of results: a worker wh
 result over and is idle at once; the dispatcher's next round records every result handed over since the last one
 and claims jobs for the idle workers, in one store call (one transaction on SQLite). It clears its wake event
 *before* each round, so a wake-up that arrives meanwhile is never lost, and it claims at most as many jobs as
-there are idle workers, plus, while a backlog of short jobs is due, one per worker ahead (see _ahead).
+there are idle workers, plus, while a backlog of short jobs is due, claim_ahead_jobs(workers) ahead (see _ahead).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Claiming ahead: while a backlog of short jobs is due, each store round claims up to one job per worker beyond
-the idle ones, so a worker starts its next job without waiting for the store. Long jobs are never claimed ahead;
-a job claimed ahead can still be cancelled (it never starts), runs before a graceful stop ends, and is given back
-by a fast one.
+"""Claiming ahead: while a backlog of short jobs is due, each store round claims up to claim_ahead_jobs(workers)
+jobs beyond the idle workers, so a worker starts its next job without waiting for the store. Long jobs are never
+claimed ahead; a job claimed ahead can still be cancelled (it never starts), runs before a graceful stop ends, and
+is given back by a fast one.
 
 A job's `started_at` is when it was claimed and its attempt's `started_at` when its command started, so with one
 worker "claimed ahead" reads: claimed before the previous job's command ended.
