@@ -16,7 +16,7 @@ import pytest
 
 from queuectl import jobspec
 from queuectl.errors import ConflictError, NotFoundError
-from queuectl.models import AttemptStatus, Claim, EngineInfo, Job, JobState, Outcome
+from queuectl.models import AttemptStatus, Claim, EngineInfo, Finished, Job, JobState, Outcome
 from queuectl.store import Store
 from queuectl.store.sqlite import SQLiteStore
 
@@ -429,6 +429,53 @@ async def _finish(store: Store, op: str, claim: Claim, engine_id: str) -> bool:
     if op == "bury":
         return await store.bury(claim, engine_id, outcome(1))
     return await store.release(claim, engine_id, now=NOW + 2, reason="test")
+
+
+async def test_record_ends_each_attempt_as_decided_then_claims_the_next_jobs(store: Store) -> None:
+    await store.enqueue([job("ok", priority=9), job("retry", priority=8), job("dead", priority=7),
+                         job("gone", priority=6), job("next1", priority=5), job("next2", priority=4),
+                         job("later", priority=3)], now=NOW)
+    ok, retry, dead, gone = await store.claim_due("e1", now=NOW, limit=4)
+    assert [c.job.id for c in (ok, retry, dead, gone)] == ["ok", "retry", "dead", "gone"]
+    oks, claims = await store.record("e1", [
+        Finished(claim=ok, outcome=outcome(0), state=JobState.COMPLETED),
+        Finished(claim=retry, outcome=outcome(1, error="exit code 1"), state=JobState.FAILED, retry_at=NOW + 60),
+        Finished(claim=dead, outcome=outcome(1, error="exit code 1"), state=JobState.DEAD),
+        Finished(claim=gone, outcome=outcome(None, error="cancelled"), state=JobState.CANCELLED),
+    ], now=NOW + 2, claim_limit=2)
+    assert oks == [True, True, True, True]
+    assert [(c.job.id, c.attempt) for c in claims] == [("next1", 1), ("next2", 1)]
+    states = {j.id: j.state for j in await store.list_jobs(limit=100)}
+    assert states == {"ok": JobState.COMPLETED, "retry": JobState.FAILED, "dead": JobState.DEAD,
+                      "gone": JobState.CANCELLED, "next1": JobState.PROCESSING, "next2": JobState.PROCESSING,
+                      "later": JobState.PENDING}
+    assert (await store.get("retry")).run_at == t(60)
+    assert [a.status for a in await store.attempts("ok")] == [AttemptStatus.SUCCEEDED]
+    assert [a.status for a in await store.attempts("gone")] == [AttemptStatus.CANCELLED]
+    assert await by_state(store) == await scan_by_state(store)
+
+
+async def test_record_of_a_claim_taken_over_is_false_and_the_others_are_recorded(store: Store) -> None:
+    await store.enqueue([job("mine"), job("taken")], now=NOW)
+    mine, taken = await store.claim_due("e1", now=NOW, limit=2)
+    assert await store.release(taken, "e1", now=NOW + 1, reason="test")
+    await claim_one(store, "e2", now=NOW + 1)  # another engine runs `taken` now
+    oks, claims = await store.record("e1", [
+        Finished(claim=mine, outcome=outcome(0), state=JobState.COMPLETED),
+        Finished(claim=taken, outcome=outcome(0), state=JobState.COMPLETED),
+    ], now=NOW + 2, claim_limit=5)
+    assert oks == [True, False]
+    assert claims == []  # nothing else is due
+    assert (await store.get("mine")).state == JobState.COMPLETED
+    taken_now = await store.get("taken")
+    assert taken_now.state == JobState.PROCESSING and taken_now.engine_id == "e2"
+
+
+async def test_record_with_nothing_to_claim_or_record_changes_nothing(store: Store) -> None:
+    await store.enqueue([job("j1")], now=NOW)
+    before = await snapshot(store)
+    assert await store.record("e1", [], now=NOW, claim_limit=0) == ([], [])
+    assert await snapshot(store) == before
 
 
 # ---- the dead-letter queue ---------------------------------------------------------------------------------------
