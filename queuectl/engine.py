@@ -56,7 +56,7 @@ class Engine:
         self._running: dict[str, Claim] = {}
         self._stopping = False
         self._stop_requested = asyncio.Event()
-        self._fast_requested = asyncio.Event()
+        self._fast_requested = asyncio.Event()  # a fast stop: running jobs' groups terminated, jobs given back
         #: Attempts that ended, in the order they ended, for the dispatcher's next round to record.
         self._finished: list[Finished] = []
         #: Moving average of recent attempts' run times: only short jobs are claimed ahead.
@@ -65,7 +65,6 @@ class Engine:
         self._deferred = False
         # What is due is decided by the wall clock, which can be stepped back; _due_now never goes back.
         self._wall_seen, self._mono_seen = time.time(), time.monotonic()
-        self._fast = False
         self._dirty = True
         self._last_refill = 0.0
         self._token = -1
@@ -98,8 +97,7 @@ class Engine:
             if self.options.grace_s is not None:
                 self._grace_timer = asyncio.get_running_loop().call_later(
                     self.options.grace_s, lambda: self.request_stop(fast=True))
-        if fast and not self._fast:
-            self._fast = True
+        if fast and not self._fast_requested.is_set():
             self._fast_requested.set()
             self.log.emit("stopping_fast", f"engine {self.id} stopping now: terminating {len(self._running)} "
                           "running job(s)", engine=self.id)
@@ -192,7 +190,7 @@ class Engine:
         worker finishing. While stopping, rounds only record, until every running job has ended."""
         while self._fatal is None:
             self._wake.clear()
-            if self._fast:
+            if self._fast_requested.is_set():
                 await self._release_queued()
             claimed = await self._round()
             if self._stopping:
@@ -397,7 +395,8 @@ class Engine:
             finally:
                 del self._in_command[job.id]  # from here on, a cancel request no longer reaches this task
         except asyncio.CancelledError:
-            if job.id in self._cancelling and not self._fast:  # `queuectl cancel`, not a stop: the group is gone
+            # `queuectl cancel`, not a stop: the group is gone
+            if job.id in self._cancelling and not self._fast_requested.is_set():
                 self._cancelling.discard(job.id)
                 task.uncancel()
                 outcome = Outcome(exit_code=None, error="cancelled by `queuectl cancel`", log_path=log_path,
