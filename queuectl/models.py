@@ -40,7 +40,10 @@ class AttemptStatus(enum.StrEnum):
 def _own_fields(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
     """The row's columns that are fields of cls (a store row may carry more, like `runs` or `seq`)."""
     names = _field_names(cls)
-    return {k: row[k] for k in row.keys() if k in names}  # noqa: SIM118 - sqlite3.Row iterates values, not keys
+    # A sqlite3.Row finds a value by name by comparing it with each column name in turn (a claimed job's decoding
+    # spent most of its time there); it iterates its values, so pair them with its keys instead.
+    pairs = row.items() if isinstance(row, Mapping) else zip(row.keys(), row, strict=True)
+    return {k: v for k, v in pairs if k in names}
 
 
 @functools.cache
