@@ -65,7 +65,7 @@ async def run_command(
     command: str,
     *,
     cwd: str,
-    env: Mapping[str, str],
+    env: Mapping[str, str] | Mapping[bytes, bytes],
     log_path: str | Path,
     timeout_s: float | None,
     kill_grace_s: float,
