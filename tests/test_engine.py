@@ -160,6 +160,20 @@ async def test_job_sees_its_id_and_attempt_number_and_until_idle_waits_for_the_r
     assert (await jobs_async(home))["env-job"].state == COMPLETED
 
 
+async def test_job_env_reaches_the_command_but_cannot_hide_the_engines_variables(
+    home: Path, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QC_TEST_INHERITED", "from-the-engine")
+    env = {"GREETING": "grüß dich", "QC_TEST_INHERITED": "overridden", "QUEUECTL_JOB_ID": "spoofed",
+           "QUEUECTL_ENGINE_ID": "spoofed"}
+    async with Queue(home) as q:
+        await add(q, "env-job", f'printf "%s\\n" "$GREETING" "$QC_TEST_INHERITED" "$QUEUECTL_JOB_ID" '
+                                f'"$QUEUECTL_ENGINE_ID" "$HOME" > {work}/seen', work, env=env)
+    await run_until_idle(home, timeout=20)
+    greeting, inherited, job_id, engine_id, home_var = (work / "seen").read_text(encoding="utf-8").splitlines()
+    assert (greeting, inherited, job_id, home_var) == ("grüß dich", "overridden", "env-job", str(Path.home()))
+    assert engine_id not in ("", "spoofed")
+
 async def test_higher_priority_runs_first_then_enqueue_order(home: Path, work: Path) -> None:
     order = work / "order"
     async with Queue(home) as q:
