@@ -222,7 +222,7 @@ class Engine:
         if not self._finished and (self._stopping or self._free + self._ahead() <= 0):
             return 0
         if (not self._stopping and self._queue.qsize() >= max(1, self.options.workers // 2)
-                and len(self._finished) < self.options.workers
+                and len(self._finished) < claim_ahead_jobs(self.options.workers)
                 and time.monotonic() - self._last_round_at < self.options.round_defer_s):
             # Workers have jobs claimed ahead: let a few more attempts end, and record them in one transaction.
             self._deferred = True

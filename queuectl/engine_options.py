@@ -42,7 +42,7 @@ class EngineOptions:
     #: Cancel requests are looked up at most this often under a storm of changes.
     cancel_check_min_interval_s: float = 0.02
     #: While workers have jobs claimed ahead, ended attempts wait at most this long to be recorded together.
-    round_defer_s: float = 0.002
+    round_defer_s: float = 0.005
 
 
 def claim_ahead_jobs(workers: int) -> int:
