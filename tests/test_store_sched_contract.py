@@ -16,7 +16,7 @@ import pytest
 
 from queuectl import cron, jobspec
 from queuectl.errors import ConflictError, NotFoundError
-from queuectl.models import AttemptStatus, CronEntry, JobState
+from queuectl.models import AttemptStatus, CronEntry, Finished, JobState
 from queuectl.store import Store
 from tests.test_store_contract import (
     NOW,
@@ -429,6 +429,31 @@ async def test_cancel_of_a_running_job_is_flagged_for_its_engine(store: Store, e
     assert await state_of(store, "w") == JobState.CANCELLED
     assert await store.cancel_requests("e1") == []
     assert await store.claim_due("e1", now=NOW + 100, limit=5) == []
+    await counters_agree(store)
+
+
+async def test_one_record_round_moves_each_jobs_dependants_and_honours_cancel_requests(store: Store) -> None:
+    await store.enqueue([job("a", priority=4), job("b", priority=3), job("c", priority=2), job("d", priority=1),
+                         job("wa", after=["a"]), job("wab", after=["a", "b"]), job("wc", after=["c"]),
+                         job("wd", after=["d"])], now=NOW)
+    a, b, c, d = await store.claim_due("e1", now=NOW, limit=4)
+    assert [x.job.id for x in (a, b, c, d)] == ["a", "b", "c", "d"]
+    assert await store.cancel(["d"], now=NOW + 1) == ([], ["d"])
+    oks, claims = await store.record("e1", [
+        Finished(claim=a, outcome=outcome(0, started=NOW), state=JobState.COMPLETED),
+        Finished(claim=b, outcome=outcome(0, started=NOW), state=JobState.COMPLETED),
+        Finished(claim=c, outcome=outcome(1, started=NOW, error="exit code 1"), state=JobState.DEAD),
+        # the engine did not see d's cancel request in time: its failure gets no retry
+        Finished(claim=d, outcome=outcome(1, started=NOW), state=JobState.FAILED, retry_at=NOW + 5),
+    ], now=NOW + 2, claim_limit=10)
+    assert oks == [True, True, True, True]
+    assert [x.job.id for x in claims] == ["wa", "wab"]  # both ran after jobs that completed in this round
+    states = {x: await state_of(store, x) for x in ("a", "b", "c", "d", "wc", "wd")}
+    assert states == {"a": JobState.COMPLETED, "b": JobState.COMPLETED, "c": JobState.DEAD,
+                      "d": JobState.CANCELLED, "wc": JobState.CANCELLED, "wd": JobState.CANCELLED}
+    assert (await store.get("wc")).blocked_by == "c" and (await store.get("wd")).blocked_by == "d"
+    assert [x.status for x in await store.attempts("d")] == [AttemptStatus.CANCELLED]
+    assert [x.status for x in await store.attempts("c")] == [AttemptStatus.FAILED]
     await counters_agree(store)
 
 

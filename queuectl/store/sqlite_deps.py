@@ -12,6 +12,16 @@ from collections.abc import Sequence
 from queuectl.store.sqlite_tx import _chunks, _marks
 
 
+def having_dependants(conn: sqlite3.Connection, dep_ids: Sequence[str]) -> set[str]:
+    """Which of these jobs some job runs after: for most completed jobs none does, and one look-up in the index for
+    the whole batch settles that."""
+    found: set[str] = set()
+    for part in _chunks(dep_ids):
+        found.update(r[0] for r in conn.execute(
+            f"SELECT DISTINCT dep_id FROM job_deps WHERE dep_id IN ({_marks(len(part))})", part))
+    return found
+
+
 def promote(conn: sqlite3.Connection, dep_id: str, now: float) -> int:
     """dep_id completed: one dependency fewer for each waiting dependant; those with none left become pending."""
     if conn.execute("SELECT 1 FROM job_deps WHERE dep_id = ? LIMIT 1", (dep_id,)).fetchone() is None:

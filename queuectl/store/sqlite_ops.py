@@ -43,7 +43,7 @@ def record(
     """The engine's round in one transaction: every ended attempt recorded, then the next jobs claimed. One
     commit for many state changes is what keeps a busy engine's store cost per job low."""
     with write_tx(conn):
-        oks = [_finish(conn, f.claim, engine_id, f.outcome, f.state, f.retry_at) for f in finished]
+        oks = _finish(conn, engine_id, finished) if finished else []
         return oks, (_claim(conn, engine_id, now, limit, queues) if limit > 0 else [])
 
 
@@ -136,33 +136,58 @@ def finish(
     """Close an attempt and move the job to `state` (completed, failed with run_at, dead or cancelled); a job
     that `queuectl cancel` asked to stop ends cancelled instead of being retried. Its dependants follow."""
     with write_tx(conn):
-        return _finish(conn, claim, engine_id, outcome, state, run_at)
+        (ok,) = _finish(conn, engine_id, [Finished(claim=claim, outcome=outcome, state=state, retry_at=run_at)])
+        return ok
 
 
-def _finish(
-    conn: sqlite3.Connection, claim: Claim, engine_id: str, outcome: Outcome, state: JobState, run_at: float | None,
-) -> bool:
-    finished_at = outcome.finished_at if state in TERMINAL_STATES else None
-    row = conn.execute(
-        """UPDATE jobs SET state = ?, attempts = attempts + 1, run_at = COALESCE(?, run_at),
-               finished_at = ?, updated_at = ?, exit_code = ?, last_error = ?, engine_id = NULL
-           WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ? RETURNING cancel_requested""",
-        (state, run_at, finished_at, outcome.finished_at, outcome.exit_code, outcome.error,
-         claim.job.seq, engine_id, claim.attempt),
-    ).fetchone()
-    if row is None:
-        return False
-    if row[0] and state not in TERMINAL_STATES:
-        state = JobState.CANCELLED
-        conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE seq = ?",
-                     (outcome.finished_at, claim.job.seq))
-    status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
-        AttemptStatus.CANCELLED if state == JobState.CANCELLED else
-        AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
-    _insert_attempt(conn, claim, engine_id, status, outcome.started_at, outcome.finished_at,
-                    outcome.exit_code, outcome.timed_out, outcome.error, outcome.output_tail, outcome.log_path)
-    _follow_end(conn, claim.job.id, state, outcome.finished_at)
-    return True
+def _finish(conn: sqlite3.Connection, engine_id: str, finished: Sequence[Finished]) -> list[bool]:
+    """finish() for each ended attempt, in a few statements for the whole batch rather than three per attempt:
+    most of a round's cost in the store thread is per statement. False for an attempt whose job is no longer
+    held by this claim (another engine took it over meanwhile)."""
+    cancel_requested: dict[int, int] = {}  # seq -> cancel_requested, for the jobs this claim still held
+    for part in _chunks(finished):
+        params: list[object] = []
+        for f in part:
+            ended_at = f.outcome.finished_at
+            params += (f.claim.job.seq, f.claim.attempt, f.state, f.retry_at,
+                       ended_at if f.state in TERMINAL_STATES else None, ended_at, f.outcome.exit_code, f.outcome.error)
+        values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+        cancel_requested.update(conn.execute(
+            f"""WITH v(seq, runs, state, run_at, finished_at, updated_at, exit_code, error) AS (VALUES {values})
+                UPDATE jobs SET state = v.state, attempts = attempts + 1, run_at = COALESCE(v.run_at, jobs.run_at),
+                       finished_at = v.finished_at, updated_at = v.updated_at, exit_code = v.exit_code,
+                       last_error = v.error, engine_id = NULL
+                FROM v
+                WHERE jobs.seq = v.seq AND jobs.state = 'processing' AND jobs.engine_id = ? AND jobs.runs = v.runs
+                RETURNING jobs.seq, jobs.cancel_requested""",
+            (*params, engine_id)).fetchall())
+    oks: list[bool] = []
+    attempts: list[tuple[object, ...]] = []
+    ends: list[tuple[str, JobState, float]] = []
+    for f in finished:
+        seq, outcome, state = f.claim.job.seq, f.outcome, f.state
+        if seq not in cancel_requested:
+            oks.append(False)
+            continue
+        if cancel_requested[seq] and state not in TERMINAL_STATES:
+            state = JobState.CANCELLED
+            conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE seq = ?",
+                         (outcome.finished_at, seq))
+        status = AttemptStatus.SUCCEEDED if outcome.succeeded else (
+            AttemptStatus.CANCELLED if state == JobState.CANCELLED else
+            AttemptStatus.TIMED_OUT if outcome.timed_out else AttemptStatus.FAILED)
+        attempts.append(_attempt_row(f.claim, engine_id, status, outcome.started_at, outcome.finished_at,
+                                     outcome.exit_code, outcome.timed_out, outcome.error, outcome.output_tail,
+                                     outcome.log_path))
+        ends.append((f.claim.job.id, state, outcome.finished_at))
+        oks.append(True)
+    conn.executemany(_INSERT_ATTEMPT, attempts)
+    completed = [job_id for job_id, state, _ in ends if state == JobState.COMPLETED]
+    with_dependants = sqlite_deps.having_dependants(conn, completed) if completed else set()
+    for job_id, state, ended_at in ends:
+        if state != JobState.COMPLETED or job_id in with_dependants:
+            _follow_end(conn, job_id, state, ended_at)
+    return oks
 
 
 def _follow_end(conn: sqlite3.Connection, job_id: str, state: JobState, now: float) -> None:
@@ -172,17 +197,25 @@ def _follow_end(conn: sqlite3.Connection, job_id: str, state: JobState, now: flo
         sqlite_deps.cancel_dependants(conn, job_id, state, now)
 
 
+_INSERT_ATTEMPT = """INSERT OR REPLACE INTO attempts(job_id, number, status, engine_id, started_at, finished_at,
+                         exit_code, timed_out, error, output_tail, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+def _attempt_row(
+    claim: Claim, engine_id: str | None, status: AttemptStatus, started_at: float, finished_at: float | None,
+    exit_code: int | None, timed_out: bool, error: str | None, tail: str | None, log_path: str | None,
+) -> tuple[object, ...]:
+    return (claim.job.id, claim.attempt, status, engine_id, started_at, finished_at, exit_code, int(timed_out), error,
+            tail, log_path)
+
+
 def _insert_attempt(
     conn: sqlite3.Connection, claim: Claim, engine_id: str | None, status: AttemptStatus, started_at: float,
     finished_at: float | None, exit_code: int | None, timed_out: bool, error: str | None, tail: str | None,
     log_path: str | None,
 ) -> None:
-    conn.execute(
-        """INSERT OR REPLACE INTO attempts(job_id, number, status, engine_id, started_at, finished_at, exit_code,
-               timed_out, error, output_tail, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (claim.job.id, claim.attempt, status, engine_id, started_at, finished_at, exit_code, int(timed_out),
-         error, tail, log_path),
-    )
+    conn.execute(_INSERT_ATTEMPT, _attempt_row(claim, engine_id, status, started_at, finished_at, exit_code, timed_out,
+                                               error, tail, log_path))
 
 
 def release(conn: sqlite3.Connection, claim: Claim, engine_id: str, now: float, reason: str) -> bool:
