@@ -46,6 +46,10 @@ def _own_fields(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in pairs if k in names}
 
 
+def _field_count(cls: type) -> int:
+    return len(_field_names(cls))
+
+
 @functools.cache
 def _field_names(cls: type) -> frozenset[str]:
     # Once per class: dataclasses.fields() walks the class each call, a third of a claimed job's decoding.
@@ -112,17 +116,21 @@ class Job:
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         values = _own_fields(cls, row)
         values["state"] = JobState(values["state"])
-        for name in ("env", "tags", "after"):  # JSON text on SQLite, already decoded on PostgreSQL
+        for name in ("env", "tags", "after"):  # JSON text on SQLite, already decoded on PostgreSQL; NULL: none
             raw = values.get(name)
             if isinstance(raw, str):
                 raw = json.loads(raw)
-            if raw is None:
-                values.pop(name, None)
-            else:
-                values[name] = dict(raw) if name == "env" else tuple(raw)
+            values[name] = dict(raw or {}) if name == "env" else tuple(raw or ())
         if "cancel_requested" in values:
             values["cancel_requested"] = bool(values["cancel_requested"])
-        return cls(**values)
+        if len(values) < _field_count(cls):
+            return cls(**values)  # a partial row: the defaults fill in, and a missing required column fails here
+        # A whole row, as every claim returns: what cls(**values) does for a frozen dataclass, in one step instead
+        # of a keyword call and an object.__setattr__ per field. It runs in the store's thread, holding the GIL
+        # the event loop needs, once for every job run.
+        job = object.__new__(cls)
+        job.__dict__.update(values)
+        return job
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
