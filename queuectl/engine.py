@@ -221,10 +221,11 @@ class Engine:
         self._deferred = False
         if not self._finished and (self._stopping or self._free + self._ahead() <= 0):
             return 0
-        if (not self._stopping and self._queue.qsize() >= max(1, self.options.workers // 2)
-                and len(self._finished) < claim_ahead_jobs(self.options.workers)
+        ahead = claim_ahead_jobs(self.options.workers)
+        if (not self._stopping and self._queue.qsize() >= max(1, ahead // 2) and len(self._finished) < ahead
                 and time.monotonic() - self._last_round_at < self.options.round_defer_s):
-            # Workers have jobs claimed ahead: let a few more attempts end, and record them in one transaction.
+            # Workers have jobs claimed ahead: let a few more attempts end, and record them in one transaction. At
+            # half the jobs ahead started, no later: the other half covers the round's trip to the store.
             self._deferred = True
             return 0
         self._last_round_at = time.monotonic()
