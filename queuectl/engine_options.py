@@ -80,7 +80,25 @@ def install_child_watcher() -> Callable[[], None]:
         os.close(os.pidfd_open(os.getpid()))
     except OSError:
         return lambda: None
-    watcher = asyncio.PidfdChildWatcher()
+    watcher = _SameThreadPidfdWatcher()
     watcher.attach_loop(asyncio.get_running_loop())
     asyncio.set_child_watcher(watcher)
     return lambda: asyncio.set_child_watcher(None)  # type: ignore[arg-type]  # None: the next loop gets the default
+
+
+class _SameThreadPidfdWatcher(asyncio.PidfdChildWatcher):
+    """A pidfd watcher reports exits from the event loop's own thread, yet asyncio's callback for it is written for
+    watchers with threads: call_soon_threadsafe, a byte through the loop's self-pipe (a write, a read) and two more
+    loop passes, once per job. A subprocess transport's own exit handler, scheduled with call_soon, does the same
+    work; any other callback goes the usual way. (Python 3.11 only: 3.12 has no child watchers.)"""
+
+    def add_child_handler(self, pid: int, callback: Callable[..., object], *args: object) -> None:
+        loop = getattr(callback, "__self__", None)
+        if getattr(callback, "__name__", "") == "_child_watcher_callback" and loop is self._loop:  # type: ignore[attr-defined]
+            super().add_child_handler(pid, _exited, loop, args[0])  # args: (the transport,)
+        else:
+            super().add_child_handler(pid, callback, *args)
+
+
+def _exited(pid: int, returncode: int, loop: asyncio.AbstractEventLoop, transport: object) -> None:
+    loop.call_soon(transport._process_exited, returncode)  # type: ignore[attr-defined]
