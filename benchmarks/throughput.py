@@ -131,6 +131,11 @@ def throughput() -> list[Row]:
             Row("throughput", f"CPU per job in the spawning process, {w} workers", cpu_us["engine"], "us",
                 cpu_us["pidfd"], "bare loop, pidfd watcher"),
         ]
+        # Each round's engine run and pidfd-loop run are seconds apart: their ratio shows how far the machine's
+        # drift moves the figure above (for context; the target stays the ratio of the medians).
+        paired = sorted(p.wall_s / e.wall_s for e, p in zip(runs[("engine", w)], runs[("pidfd", w)], strict=True))
+        rows.append(Row("throughput", f"{metric}: engine / pidfd loop in each round, min {paired[0]:.2f}x, "
+                        f"max {paired[-1]:.2f}x, median", median(paired), "x"))
     return rows
 
 
