@@ -90,7 +90,7 @@ class _SameThreadPidfdWatcher(asyncio.PidfdChildWatcher):
     """A pidfd watcher reports exits from the event loop's own thread, yet asyncio's callback for it is written for
     watchers with threads: call_soon_threadsafe, a byte through the loop's self-pipe (a write, a read) and two more
     loop passes, once per job. A subprocess transport's own exit handler, scheduled with call_soon, does the same
-    work; any other callback goes the usual way. (Python 3.11 only: 3.12 has no child watchers.)"""
+    work; any other callback goes the usual way. (Python 3.11 only: 3.12 and later use no child watcher.)"""
 
     def add_child_handler(self, pid: int, callback: Callable[..., object], *args: object) -> None:
         loop = getattr(callback, "__self__", None)
