@@ -123,10 +123,11 @@ class Engine:
     async def run(self, *, handle_signals: bool = True) -> Summary:
         undo_watcher = install_child_watcher()
         now = time.time()
-        await self._reload_settings()
-        await self.store.register_engine(EngineInfo(
+        # Independent of each other, so asked together: a store runs them back to back, without a trip to the
+        # event loop and back in between (start-up was a dozen such trips in a row).
+        await asyncio.gather(self._reload_settings(), self.store.register_engine(EngineInfo(
             id=self.id, host=self.host, pid=os.getpid(), workers=self.options.workers, started_at=now,
-            heartbeat_at=now))
+            heartbeat_at=now)))
         loop = asyncio.get_running_loop()
         sock: socket.socket | None = None
         try:
@@ -470,12 +471,14 @@ class Engine:
                 deleted={state.value: n for state, n in deleted.items()})
 
     async def _recover(self) -> None:
-        killed = orphans.kill_leftovers(self.host, self.id)
+        # The /proc scan (a file per process) runs in a thread while the store lists the engines; both are done
+        # before any job is given back, so that a dead engine's commands are gone before their jobs run again.
+        killed, engines = await asyncio.gather(
+            asyncio.to_thread(orphans.kill_leftovers, self.host, self.id), self.store.engines())
         if killed:
             self.log.emit("orphans_killed", f"killed the still-running commands of {len(killed)} job(s) left "
                           f"by a dead engine: {', '.join(killed[:10])}", jobs=killed)
         now = time.time()
-        engines = await self.store.engines()
         dead = [e.id for e in engines
                 if e.host == self.host and e.id != self.id and not pid_alive(e.pid, started_by=e.started_at)]
         recovered = await self.store.recover(
