@@ -61,6 +61,7 @@ class Engine:
         self._finished: list[Finished] = []
         #: Moving average of recent attempts' run times: only short jobs are claimed ahead.
         self._recent_job_s = float("inf")
+        self._claim_ahead = claim_ahead_jobs(options.workers)
         self._last_round_at = 0.0
         self._deferred = False
         # What is due is decided by the wall clock, which can be stepped back; _due_now never goes back.
@@ -214,7 +215,7 @@ class Engine:
         """Jobs a round may claim beyond the idle workers: while a backlog is due and jobs are short, so that a
         worker whose command ended starts the next at once instead of after a store round."""
         short = self._recent_job_s < self.settings.claim_ahead_below_s  # config claim-ahead-below
-        return claim_ahead_jobs(self.options.workers) if self._backlog and short and not self._stopping else 0
+        return self._claim_ahead if self._backlog and short and not self._stopping else 0
 
     async def _round(self) -> int:
         """Record the attempts that ended and claim jobs for the idle workers (and ahead, see _ahead), in one store
@@ -222,7 +223,7 @@ class Engine:
         self._deferred = False
         if not self._finished and (self._stopping or self._free + self._ahead() <= 0):
             return 0
-        ahead = claim_ahead_jobs(self.options.workers)
+        ahead = self._claim_ahead
         if (not self._stopping and self._queue.qsize() >= max(1, ahead // 2) and len(self._finished) < ahead
                 and time.monotonic() - self._last_round_at < self.options.round_defer_s):
             # Workers have jobs claimed ahead: let a few more attempts end, and record them in one transaction. At

@@ -47,8 +47,8 @@ class EngineOptions:
 
 def claim_ahead_jobs(workers: int) -> int:
     """How many jobs an engine claims ahead of its workers: enough to cover the jobs its workers start while one
-    store round is on its way (measured with 4 workers: with 4 ahead, 40% of the workers found none ready, with 8,
-    3%), at most two per worker. An engine therefore holds at most 3 x workers jobs in the store."""
+    store round is on its way (measured with 4 workers: with 4 ahead, 40% of job ends found no job ready, with 8,
+    9%), at most two per worker. An engine therefore holds at most 3 x workers jobs in the store."""
     return min(2 * workers, max(workers, 8))
 
 

@@ -23,9 +23,8 @@ def having_dependants(conn: sqlite3.Connection, dep_ids: Sequence[str]) -> set[s
 
 
 def promote(conn: sqlite3.Connection, dep_id: str, now: float) -> int:
-    """dep_id completed: one dependency fewer for each waiting dependant; those with none left become pending."""
-    if conn.execute("SELECT 1 FROM job_deps WHERE dep_id = ? LIMIT 1", (dep_id,)).fetchone() is None:
-        return 0  # the common case, one look-up in the index instead of two updates
+    """dep_id completed: one dependency fewer for each waiting dependant; those with none left become pending.
+    Callers ask having_dependants first: most completed jobs have none, and one look-up settles a whole batch."""
     conn.execute(
         """UPDATE jobs SET deps_left = deps_left - 1
            WHERE seq IN (SELECT job_seq FROM job_deps WHERE dep_id = ?) AND state = 'waiting'""", (dep_id,))
