@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from queuectl import api, config, jobspec, output
-from queuectl.errors import QueueCtlError, ValidationError
+from queuectl.errors import QueueCtlError, ValidationError, report
 from queuectl.models import JobState
 from queuectl.paths import default_home
 from queuectl.timefmt import parse_duration_s
@@ -405,24 +405,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = command.main(args=argv, prog_name="queuectl", standalone_mode=False)
     except QueueCtlError as exc:
-        return _fail(str(exc), exc.exit_code)
+        return report(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return report("interrupted", 130)
     except BrokenPipeError:
         return 1
     except Exception as exc:
         message = getattr(exc, "format_message", None)
         if message is None:  # not a usage error: a bug. Still one line, and say where to look.
-            return _fail(f"internal error: {exc!r}", 1)
+            return report(f"internal error: {exc!r}", 1)
         hint = ""
         usage_ctx = getattr(exc, "ctx", None)
         if usage_ctx is not None:
             hint = f" (see '{usage_ctx.command_path} --help')"
         code = getattr(exc, "exit_code", 2)
-        return _fail(f"{message()}{hint}" if message() else "aborted", code if code else 1)
+        return report(f"{message()}{hint}" if message() else "aborted", code if code else 1)
     return result if isinstance(result, int) else 0
 
-
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"queuectl: error: {' '.join(message.split())}\n")
-    return code

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
+
+def report(message: str, code: int) -> int:
+    """How every command ends on an error: one line on stderr; returns the exit code."""
+    sys.stderr.write(f"queuectl: error: {' '.join(message.split())}\n")
+    return code
+
 
 class QueueCtlError(Exception):
     """Base of every error queuectl reports to a user. The message is one line."""

@@ -543,6 +543,36 @@ def test_plain_enqueue_takes_the_fast_path(home: Path) -> None:
     assert "typer" not in imported and "queuectl.cli" not in imported
 
 
+def test_fast_path_reports_a_lock_held_past_the_busy_timeout_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the fast path handed a lock timeout to the full CLI, which waited the busy timeout a second time
+    (60 s for a 30 s timeout) before saying "stayed locked for 30 s"."""
+    import sqlite3
+
+    from queuectl import fastpath
+    from queuectl.store import sqlite_schema
+
+    ok("status")
+    db = home / "queue.db"
+    monkeypatch.setattr(sqlite_schema, "BUSY_TIMEOUT_S", 1.0)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's long write, as far as SQLite can tell
+    try:
+        started = time.monotonic()
+        code = fastpath.try_enqueue(["--home", str(home), "enqueue", '{"id":"j1","command":"true"}'])
+        took_s = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 1  # answered here: None would send it through the full CLI and its own wait
+    assert 1.0 <= took_s < 2.0
+    err = capsys.readouterr().err
+    assert err == f"queuectl: error: database {db} stayed locked by another process for 1 s; try again\n"
+    assert err == f"queuectl: error: {sqlite_schema.locked_error(db)}\n"  # the full CLI's words for it
+    assert jobs() == []
+
+
 @pytest.mark.parametrize("form", FAST_FORMS)
 def test_fast_path_and_full_cli_store_the_same_job(home: Path, tmp_path: Path, form: list[str]) -> None:
     ok("status")

@@ -39,9 +39,8 @@ T = TypeVar("T")
 def store_error(exc: sqlite3.Error, path: Path) -> StoreError:
     """One readable line for the ways SQLite can fail under us."""
     text = str(exc)
-    if "locked" in text or "busy" in text:
-        return StoreError(f"database {path} stayed locked by another process for "
-                          f"{sqlite_schema.BUSY_TIMEOUT_S:.0f} s; try again")
+    if sqlite_schema.is_locked(exc):
+        return sqlite_schema.locked_error(path)
     if "disk is full" in text or "database or disk is full" in text:
         return StoreFullError(f"disk full: cannot write to {path}")
     if "readonly" in text:

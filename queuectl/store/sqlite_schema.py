@@ -15,6 +15,16 @@ from queuectl.errors import StoreError
 #: Seconds a writer waits for the lock before "database is locked" (SQLite's busy handler retries meanwhile).
 BUSY_TIMEOUT_S = 30.0
 
+
+def is_locked(exc: sqlite3.Error) -> bool:
+    """SQLite gave up waiting for another connection's lock (after BUSY_TIMEOUT_S)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def locked_error(path: Path) -> StoreError:
+    return StoreError(f"database {path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s; try again")
+
 MIGRATIONS: list[list[str]] = [
     # 1: jobs, attempts, per-state counters kept by triggers, config, engines.
     [
