@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from queuectl import config, logsink, orphans, wakeup
+from queuectl import config, fdlimit, logsink, orphans, wakeup
 from queuectl import engine_duties as duties
 from queuectl import engine_results as results
 from queuectl.aio import finish_even_if_cancelled
@@ -122,6 +122,7 @@ class Engine:
     # ---- the run ----------------------------------------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = True) -> Summary:
+        fdlimit.ensure_room(self.options.workers)  # before anything is claimed: a shortage would fail the jobs
         undo_watcher = install_child_watcher()
         now = time.time()
         # Independent of each other, so asked together: a store runs them back to back, without a trip to the

@@ -1,0 +1,69 @@
+"""Open files: every running job holds a few (its output pipe, its pidfd, its log file). An engine started with more
+workers than its open-files limit allows must not fail jobs with "Too many open files": it raises its soft limit
+where the hard one allows, and refuses to start (one line, exit 2) where it does not."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.helpers import proc_argv, proc_env, run_proc
+
+WORKERS = 60
+#: Well under what WORKERS running jobs hold (three files each) plus the engine's own.
+LOW_LIMIT = 64
+
+
+def _limit_open_files(soft: int, hard: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before exec: the engine starts under these limits
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return apply
+
+
+def _run(home: Path, soft: int, hard: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(proc_argv(*args), check=False, capture_output=True, text=True, env=proc_env(home),
+                          timeout=120, preexec_fn=_limit_open_files(soft, hard))
+
+
+def _enqueue_printing_sleepers(home: Path, n: int) -> None:
+    # Each prints (a log file) and sleeps, so that all WORKERS run at once and hold their files together.
+    lines = "".join(json.dumps({"id": f"j{i}", "command": "echo out; sleep 0.5"}) + "\n" for i in range(n))
+    done = run_proc("enqueue", "--file", "-", home=home, input=lines)
+    assert done.code == 0, done.err
+
+
+def _states(home: Path) -> dict[str, int]:
+    done = run_proc("list", "--json", "--limit", "1000", home=home)
+    assert done.code == 0, done.err
+    states: dict[str, int] = {}
+    for job in json.loads(done.out):
+        states[job["state"]] = states.get(job["state"], 0) + 1
+    return states
+
+
+def test_engine_raises_a_low_soft_limit_so_that_no_job_fails_for_want_of_files(tmp_path: Path) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard >= 1024, "this machine's hard limit is too low for this test"
+    _enqueue_printing_sleepers(tmp_path, WORKERS)
+    done = _run(tmp_path, LOW_LIMIT, hard, "run", "--workers", str(WORKERS), "--until-idle")
+    assert done.returncode == 0, done.stderr
+    assert "Too many open files" not in done.stderr
+    assert _states(tmp_path) == {"completed": WORKERS}
+
+
+def test_engine_refuses_more_workers_than_its_hard_limit_allows(tmp_path: Path) -> None:
+    _enqueue_printing_sleepers(tmp_path, 3)
+    done = _run(tmp_path, LOW_LIMIT, LOW_LIMIT, "run", "--workers", str(WORKERS), "--until-idle")
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"queuectl: error: --workers {WORKERS} needs ")
+    assert "ulimit -n" in lines[0] and f"{LOW_LIMIT}" in lines[0]
+    assert _states(tmp_path) == {"pending": 3}  # nothing claimed, nothing spent
+    fits = _run(tmp_path, LOW_LIMIT, LOW_LIMIT, "run", "--workers", "2", "--until-idle")
+    assert fits.returncode == 0, fits.stderr
+    assert _states(tmp_path) == {"completed": 3}
