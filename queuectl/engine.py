@@ -35,6 +35,7 @@ from queuectl.procs import pid_alive
 from queuectl.runner import run_command
 from queuectl.scheduler import DueHeap
 from queuectl.store.base import Store
+from queuectl.textfmt import one_line
 
 T = TypeVar("T")
 __all__ = ["Engine", "EngineOptions", "Summary", "install_child_watcher"]
@@ -386,7 +387,7 @@ class Engine:
             self._finished.append(Finished(claim=claim, outcome=outcome, state=JobState.CANCELLED))
             return
         timeout_s = job.timeout_s if job.timeout_s is not None else self.settings.job_timeout_s
-        self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {_short(job.command)}",
+        self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {one_line(job.command, 60)}",
                       job=job.id, attempt=claim.attempt, command=job.command)
         # The job's own variables cannot hide ours: the engine mark is how a dead engine's commands are found.
         env = {**self._base_env, **{os.fsencode(k): os.fsencode(v) for k, v in job.env.items()},
@@ -538,8 +539,3 @@ class Engine:
         else:
             return
         self.request_stop(fast=True)
-
-
-def _short(command: str, width: int = 60) -> str:
-    line = " ".join(command.split())
-    return line if len(line) <= width else line[: width - 1] + "…"

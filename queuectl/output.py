@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from queuectl.models import TERMINAL_STATES, Attempt, CronEntry, EngineInfo, Job, JobState, QueueInfo
+from queuectl.textfmt import one_line, printable
 from queuectl.timefmt import human_duration, iso
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def crons_text(entries: Sequence[CronEntry]) -> None:
     for e in entries:
         state = "paused" if e.paused else f"next {when(e.next_run_at)}"
         last = f"  last {e.last_job_id}" if e.last_job_id else ""
-        print(f"{e.name}  {e.schedule!r}  {state}  queue {e.queue}{last}  {_short(e.command, 50)}")
+        print(f"{e.name}  {e.schedule!r}  {state}  queue {e.queue}{last}  {one_line(e.command, 50)}")
 
 
 def attempt_dict(a: Attempt) -> dict[str, Any]:
@@ -134,13 +135,6 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=False)
 
 
-def _short(text: str | None, width: int) -> str:
-    if not text:
-        return ""
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 def jobs_table(jobs: Sequence[Job]) -> None:
     if not jobs:
         print("no jobs")
@@ -163,9 +157,9 @@ def jobs_table(jobs: Sequence[Job]) -> None:
     for job in jobs:
         at = job.finished_at if job.state in TERMINAL_STATES else job.run_at
         cells = [job.id, job.state.value, str(job.priority), str(job.attempts), when(at),
-                 _short(job.command, widths["COMMAND"])]
+                 one_line(job.command, widths["COMMAND"])]
         if show_error:
-            cells.append(_short(job.last_error, widths["LAST ERROR"]))
+            cells.append(one_line(job.last_error, widths["LAST ERROR"]))
         table.add_row(*cells)
     console.print(table)
 
@@ -192,7 +186,7 @@ def status_text(s: Status) -> None:
               f"heartbeat {human_duration(max(0.0, now - e.heartbeat_at))} ago  running {len(mine)}")
         for job in mine:
             took = human_duration(now - job.started_at) if job.started_at else "-"
-            print(f"    {job.id}  {took}  {_short(job.command, 50)}")
+            print(f"    {job.id}  {took}  {one_line(job.command, 50)}")
 
 
 def detail_text(d: JobDetail) -> None:
@@ -215,7 +209,7 @@ def detail_text(d: JobDetail) -> None:
              ("env", " ".join(f"{k}={v}" for k, v in j.env.items())), ("engine", j.engine_id or "")]
     rows += [(name, value) for name, value in extra if value]
     for name, value in rows:
-        print(f"{name:>12}  {value}")
+        print(f"{name:>12}  {printable(value)}")
     if not d.attempts:
         print("\nno attempts yet")
         return
@@ -223,11 +217,12 @@ def detail_text(d: JobDetail) -> None:
     for a in d.attempts:
         outcome = a.error or ("ok" if a.exit_code == 0 else "")
         print(f"  #{a.number}  {a.status.value:<11} {iso(a.started_at)}  {human_duration(a.duration_s):>7}  "
-              f"exit {'-' if a.exit_code is None else a.exit_code}  {outcome}")
+              f"exit {'-' if a.exit_code is None else a.exit_code}  {printable(outcome)}")
     last = d.attempts[-1]
     if last.output_tail:
         print(f"\noutput tail (attempt {last.number}):")
-        sys.stdout.write(last.output_tail if last.output_tail.endswith("\n") else last.output_tail + "\n")
+        tail = printable(last.output_tail)
+        sys.stdout.write(tail if tail.endswith("\n") else tail + "\n")
 
 
 def config_text(items: dict[str, tuple[str, bool]], helps: dict[str, str]) -> None:

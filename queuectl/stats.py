@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from queuectl.textfmt import one_line
 from queuectl.timefmt import human_duration, iso
 
 #: Outcomes of an attempt as the attempts table records them (AttemptStatus values; `running` is never stored).
@@ -181,16 +182,6 @@ def stats_dict(s: Stats) -> dict[str, Any]:
             for f in s.recent_failures
         ],
     }
-
-
-def one_line(text: str | None, width: int) -> str:
-    """Whitespace folded to single spaces, cut to width with an ellipsis."""
-    if not text:
-        return ""
-    line = " ".join(text.split())
-    if width <= 0:
-        return ""
-    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _pct(x: float | None) -> str:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from queuectl.errors import QueueCtlError
 from queuectl.models import JobState
-from queuectl.stats import Stats, one_line
+from queuectl.stats import Stats
+from queuectl.textfmt import one_line
 from queuectl.timefmt import human_duration
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from queuectl.models import EngineInfo, Outcome
+from queuectl.models import Claim, EngineInfo, Outcome
 from queuectl.store.sqlite import SQLiteStore
 from tests.helpers import Result, run_cli, run_proc
 
@@ -340,6 +340,46 @@ def test_inspect_shows_every_field_the_attempts_and_the_output_tail(home: Path) 
         assert ISO_UTC.match(attempt["started_at"]) and ISO_UTC.match(attempt["finished_at"])
     for field in TIME_FIELDS:
         assert data[field] is None or ISO_UTC.match(data[field]), field
+
+
+def test_inspect_and_status_show_control_characters_escaped_not_raw(home: Path) -> None:
+    """Output and commands can carry terminal escape sequences (here: clear the screen, set the clipboard through
+    OSC 52). `inspect` and `status` show them as \\xNN, so that reading a job cannot drive the terminal; tabs,
+    newlines and carriage returns stay. `--json` and `logs` keep the bytes as they were."""
+    hostile = "\x1b[2J\x1b]52;c;SGk=\x07"
+    ok("enqueue", json.dumps({"id": "esc", "command": f"echo '{hostile}'"}))
+
+    async def engine_takes_it(store: SQLiteStore) -> Claim:
+        now = time.time()
+        await store.register_engine(EngineInfo(id="eng-1", host="h", pid=4321, workers=1, started_at=now,
+                                               heartbeat_at=now))
+        [claim] = await store.claim_due("eng-1", now=now, limit=1)
+        return claim
+
+    claim = with_store(home, engine_takes_it)
+    status = ok("status").out  # the job runs: status lists its command
+    assert "\x1b" not in status and "\\x1b[2J" in status, status
+
+    async def it_ends(store: SQLiteStore) -> None:
+        assert await store.bury(claim, "eng-1", outcome(1, tail=f"before\t{hostile}after\r\n", error=f"exit {hostile}"))
+
+    with_store(home, it_ends)
+    text = ok("inspect", "esc").out
+    assert "\x1b" not in text and "\x07" not in text
+    # in the command, the last error, the attempt's error and the output tail
+    assert text.count("\\x1b[2J\\x1b]52;c;SGk=\\x07") == 4, text
+    assert "before\t" in text and "after\r\n" in text
+    assert job("esc")["attempts_history"][0]["output_tail"] == f"before\t{hostile}after\r\n"
+
+
+def test_engine_log_shows_a_command_s_control_characters_escaped(home: Path) -> None:
+    """The engine's terminal is the one a hostile command would most like to reach: its `started` line escapes."""
+    ok("enqueue", json.dumps({"id": "esc", "command": "true '\x1b]0;pwned\x07'"}))
+    ran = run_proc("run", "--workers", "1", "--until-idle", home=home)
+    assert ran.code == 0, ran.err
+    log = ran.out + ran.err
+    assert "esc started (attempt 1): true '\\x1b]0;pwned\\x07'" in log, log
+    assert "\x1b" not in log and "\x07" not in log
 
 
 def test_inspect_shows_the_configured_defaults_that_apply(home: Path) -> None:

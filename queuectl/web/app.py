@@ -44,7 +44,8 @@ from queuectl.api import JobDetail, Queue, Status, parse_state
 from queuectl.errors import ConflictError, NotFoundError, QueueCtlError, StoreError, ValidationError
 from queuectl.metrics import CONTENT_TYPE, Metrics
 from queuectl.models import TERMINAL_STATES, Job, JobState
-from queuectl.stats import Stats, one_line, summarize
+from queuectl.stats import Stats, summarize
+from queuectl.textfmt import one_line
 from queuectl.timefmt import human_duration, iso
 from queuectl.web.security import SECURITY_HEADERS, Guard
 
