@@ -12,8 +12,14 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
 
+#: The longest duration accepted anywhere (a timeout, a delay, a retention, a grace period): longer is a typo or
+#: garbage from a script (1e300 s printed as a 300-digit number of days), never a plan.
+MAX_DURATION_S = 100 * 365.25 * 86400
+
+
 def parse_duration_s(value: object, what: str) -> float:
-    """Seconds from 12, 1.5, "30s", "5m", "2h", "7d". Negative, NaN or infinite values are refused."""
+    """Seconds from 12, 1.5, "30s", "5m", "2h", "7d". Negative, NaN, infinite or past-100-years values are
+    refused."""
     if isinstance(value, bool):
         raise ValidationError(f"{what} must be a number of seconds or a duration like 30s, 5m, 2h; got {value!r}")
     if isinstance(value, int | float):
@@ -24,6 +30,8 @@ def parse_duration_s(value: object, what: str) -> float:
         raise ValidationError(f"{what} must be a number of seconds or a duration like 30s, 5m, 2h; got {value!r}")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValidationError(f"{what} must be a finite number of seconds >= 0; got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValidationError(f"{what} must be at most 100 years; got {value!r}")
     return seconds
 
 

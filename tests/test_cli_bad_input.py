@@ -120,6 +120,8 @@ ENQUEUE_REFUSED = {
     "timeout non-numeric": (['{"command":"x","timeout":"long"}'], "timeout"),
     "timeout zero": (['{"command":"x","timeout":0}'], "timeout"),
     "timeout an object": (['{"command":"x","timeout":{"s":1}}'], "timeout"),
+    "timeout past 100 years": (['{"command":"x","timeout":1e300}'], "timeout"),
+    "delay past 100 years": (['{"command":"x","delay":99999999999}'], "delay"),
     "delay negative": (['{"command":"x","delay":-5}'], "delay"),
     "delay non-numeric": (['{"command":"x","delay":"soon"}'], "delay"),
     "delay a bool": (['{"command":"x","delay":true}'], "delay"),
@@ -133,6 +135,7 @@ ENQUEUE_REFUSED = {
     "flag max-retries non-numeric": (["--max-retries", "x", "--", "x"], "max_retries"),
     "flag timeout negative": (["--timeout", "-5", "--", "x"], "timeout"),
     "flag timeout non-numeric": (["--timeout", "long", "--", "x"], "timeout"),
+    "flag timeout past 100 years": (["--timeout", "36526d", "--", "x"], "timeout"),
     "flag delay negative": (["--delay", "-5", "--", "x"], "delay"),
     "flag delay non-numeric": (["--delay", "soon", "--", "x"], "delay"),
     "flag run-at unparseable": (["--run-at", "next tuesday", "--", "x"], "run_at"),
@@ -234,7 +237,8 @@ def test_unknown_config_key(queue: dict[str, Any], args: list[str]) -> None:
 @pytest.mark.parametrize(("key", "value"), [("max-retries", "abc"), ("max-retries", "2.5"), ("max-retries", "-1"),
                                             ("backoff-base", "0"), ("backoff-base", "x"), ("backoff-max", "forever"),
                                             ("job-timeout", "-5s"), ("kill-grace", "soon"), ("retry-jitter", "2"),
-                                            ("claim-ahead-below", "quick")])
+                                            ("claim-ahead-below", "quick"), ("job-timeout", "1e300"),
+                                            ("kill-grace", "40000d")])
 def test_invalid_config_value(queue: dict[str, Any], key: str, value: str) -> None:
     refused(queue, ["config", "set", key, "--", value] if value.startswith("-") else ["config", "set", key, value],
             USAGE, key)
