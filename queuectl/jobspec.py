@@ -204,7 +204,8 @@ def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = Non
     elif obj.get("delay") is not None:
         run_at = now + parse_duration_s(obj["delay"], "delay")
     if not run_at < MAX_RUN_AT:
-        raise ValidationError(f"run_at must be before the year 10000; got {obj.get('run_at', obj.get('delay'))!r}")
+        given = obj.get("run_at", obj.get("delay"))
+        raise ValidationError(f"run_at must be before 9999-12-31T00:00:00Z; got {given!r}")
     if "timeout" in obj and "timeout_s" in obj:
         raise ValidationError("give either timeout or timeout_s, not both")
     raw_timeout = obj.get("timeout", obj.get("timeout_s"))

@@ -122,6 +122,8 @@ ENQUEUE_REFUSED = {
     "timeout an object": (['{"command":"x","timeout":{"s":1}}'], "timeout"),
     "timeout past 100 years": (['{"command":"x","timeout":1e300}'], "timeout"),
     "delay past 100 years": (['{"command":"x","delay":99999999999}'], "delay"),
+    "run_at on the last day of 9999": (['{"command":"x","run_at":"9999-12-31T12:00:00Z"}'],
+                                       "before 9999-12-31T00:00:00Z"),
     "delay negative": (['{"command":"x","delay":-5}'], "delay"),
     "delay non-numeric": (['{"command":"x","delay":"soon"}'], "delay"),
     "delay a bool": (['{"command":"x","delay":true}'], "delay"),
