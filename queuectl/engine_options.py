@@ -90,14 +90,47 @@ class _SameThreadPidfdWatcher(asyncio.PidfdChildWatcher):
     """A pidfd watcher reports exits from the event loop's own thread, yet asyncio's callback for it is written for
     watchers with threads: call_soon_threadsafe, a byte through the loop's self-pipe (a write, a read) and two more
     loop passes, once per job. A subprocess transport's own exit handler, scheduled with call_soon, does the same
-    work; any other callback goes the usual way. (Python 3.11 only: 3.12 and later use no child watcher.)"""
+    work; any other callback goes the usual way. A child for which no pidfd can be opened is polled for instead.
+    (Python 3.11 only: 3.12 and later use no child watcher.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Children watched by polling (see add_child_handler), with their next poll.
+        self._polled: dict[int, asyncio.Handle] = {}
 
     def add_child_handler(self, pid: int, callback: Callable[..., object], *args: object) -> None:
         loop = getattr(callback, "__self__", None)
         if getattr(callback, "__name__", "") == "_child_watcher_callback" and loop is self._loop:  # type: ignore[attr-defined]
-            super().add_child_handler(pid, _exited, loop, args[0])  # args: (the transport,)
-        else:
+            callback, args = _exited, (loop, args[0])  # args: (the transport,)
+        try:
             super().add_child_handler(pid, callback, *args)
+        except OSError:
+            # No pidfd (out of open files), yet the child runs: asyncio would raise without closing the transport
+            # and leave the command unwatched while its attempt is recorded as not started. Poll for its exit.
+            self._polled[pid] = self._loop.call_soon(self._poll, pid, callback, args, _FIRST_POLL_S)  # type: ignore[attr-defined]
+
+    def _poll(self, pid: int, callback: Callable[..., object], args: tuple[object, ...], delay_s: float) -> None:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: asyncio's pidfd watcher reports 255 then too
+            done, status = pid, 255 << 8
+        if done == 0:
+            self._polled[pid] = self._loop.call_later(  # type: ignore[attr-defined]
+                delay_s, self._poll, pid, callback, args, min(2 * delay_s, _LAST_POLL_S))
+            return
+        del self._polled[pid]
+        callback(pid, os.waitstatus_to_exitcode(status), *args)
+
+    def remove_child_handler(self, pid: int) -> bool:
+        handle = self._polled.pop(pid, None)
+        if handle is not None:
+            handle.cancel()
+            return True
+        return super().remove_child_handler(pid)
+
+
+#: Polling a child without a pidfd: from 1 ms, doubling to 50 ms (a rare fallback; exits are seen within 50 ms).
+_FIRST_POLL_S, _LAST_POLL_S = 0.001, 0.05
 
 
 def _exited(pid: int, returncode: int, loop: asyncio.AbstractEventLoop, transport: object) -> None:
