@@ -25,14 +25,16 @@ def ensure_room(workers: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
+    reachable = hard  # what fewer workers would get: the soft limit is raised as far as they need
     if hard == resource.RLIM_INFINITY or hard >= need:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
             return
         except (ValueError, OSError):
-            pass  # refused (a container's policy): report the limit as it is
-    most = max(1, (min(soft, need) - ENGINE_FILES) // FILES_PER_WORKER)
+            reachable = soft  # refused (a container's policy): the limit stays as it is
+    most = (reachable - ENGINE_FILES) // FILES_PER_WORKER
+    advice = (f"run at most {most} worker{'s' if most > 1 else ''}" if most >= 1 else
+              f"at least {files_needed(1)} are needed for one worker")
     raise ValidationError(
         f"--workers {workers} needs about {need} open files, but this process may open {soft} (ulimit -n; hard "
-        f"limit {'unlimited' if hard == resource.RLIM_INFINITY else hard}): raise the limit or run at most {most} "
-        f"worker{'s' if most > 1 else ''}")
+        f"limit {'unlimited' if hard == resource.RLIM_INFINITY else hard}): raise the limit, or {advice}")

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from queuectl import fdlimit
 from tests.helpers import proc_argv, proc_env, run_proc
 
 WORKERS = 60
@@ -67,3 +68,23 @@ def test_engine_refuses_more_workers_than_its_hard_limit_allows(tmp_path: Path) 
     fits = _run(tmp_path, LOW_LIMIT, LOW_LIMIT, "run", "--workers", "2", "--until-idle")
     assert fits.returncode == 0, fits.stderr
     assert _states(tmp_path) == {"completed": 3}
+
+
+def test_the_refusal_counts_the_workers_that_fit_under_the_hard_limit(tmp_path: Path) -> None:
+    """Fewer workers get the soft limit raised as far as the hard one: the advice counts from there."""
+    _enqueue_printing_sleepers(tmp_path, 3)
+    hard = 120
+    fit = (hard - fdlimit.ENGINE_FILES) // fdlimit.FILES_PER_WORKER
+    done = _run(tmp_path, LOW_LIMIT, hard, "run", "--workers", str(WORKERS), "--until-idle")
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(f"raise the limit, or run at most {fit} workers"), done.stderr
+    fits = _run(tmp_path, LOW_LIMIT, hard, "run", "--workers", str(fit), "--until-idle")
+    assert fits.returncode == 0, fits.stderr
+    assert _states(tmp_path) == {"completed": 3}
+
+
+def test_a_limit_too_low_for_one_worker_says_how_many_files_one_needs(tmp_path: Path) -> None:
+    one = fdlimit.files_needed(1)
+    done = _run(tmp_path, one - 4, one - 4, "run", "--workers", "1", "--until-idle")
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(f"raise the limit, or at least {one} are needed for one worker"), done.stderr
