@@ -8,7 +8,7 @@ import contextlib
 import os
 import resource
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -87,20 +87,10 @@ async def test_a_child_is_still_watched_when_no_pidfd_can_be_opened(watcher: asy
     reported (by polling), not lost with the command left unwatched."""
     done: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 0.2; exit 5"], os.environ)  # noqa: ASYNC221 - a bare child
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held: list[int] = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
-    try:
-        with contextlib.suppress(OSError):
-            while True:  # every file this process may still open, taken
-                held.append(os.open(os.devnull, os.O_RDONLY))
+    with _out_of_files():
         with pytest.raises(OSError):
             os.close(os.pidfd_open(pid))
         watcher.add_child_handler(pid, lambda *args: done.set_result(args), "extra")
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert await asyncio.wait_for(done, 30) == (pid, 5, "extra")
     with pytest.raises(ChildProcessError):  # reaped: no zombie left
         os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG does not wait
@@ -109,6 +99,19 @@ async def test_a_child_is_still_watched_when_no_pidfd_can_be_opened(watcher: asy
 async def test_a_polled_child_can_be_unwatched(watcher: asyncio.AbstractChildWatcher) -> None:
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 0.3; exit 2"], os.environ)  # noqa: ASYNC221 - a bare child
     called: list[object] = []
+    with _out_of_files():
+        watcher.add_child_handler(pid, lambda *args: called.append(args))
+    assert watcher.remove_child_handler(pid) is True
+    assert watcher.remove_child_handler(pid) is False
+    # The loop runs meanwhile (0.3 s, polls come every 1-50 ms): a poll left behind would have reaped the child.
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 2
+    assert called == []
+
+
+@contextlib.contextmanager
+def _out_of_files() -> Iterator[None]:
+    """Every file this process may still open, taken (under a soft limit of at most 4096), then given back."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held: list[int] = []
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
@@ -116,14 +119,8 @@ async def test_a_polled_child_can_be_unwatched(watcher: asyncio.AbstractChildWat
         with contextlib.suppress(OSError):
             while True:
                 held.append(os.open(os.devnull, os.O_RDONLY))
-        watcher.add_child_handler(pid, lambda *args: called.append(args))
+        yield
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert watcher.remove_child_handler(pid) is True
-    assert watcher.remove_child_handler(pid) is False
-    # The loop runs meanwhile (0.3 s, polls come every 1-50 ms): a poll left behind would have reaped the child.
-    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 2
-    assert called == []
