@@ -33,8 +33,8 @@ def ensure_room(workers: int) -> None:
         except (ValueError, OSError):
             reachable = soft  # refused (a container's policy): the limit stays as it is
     most = (reachable - ENGINE_FILES) // FILES_PER_WORKER
-    advice = (f"run at most {most} worker{'s' if most > 1 else ''}" if most >= 1 else
-              f"at least {files_needed(1)} are needed for one worker")
+    advice = (f"raise the limit, or run at most {most} worker{'s' if most > 1 else ''}" if most >= 1 else
+              f"raise the limit to at least {files_needed(1)}, what one worker needs")
     raise ValidationError(
         f"--workers {workers} needs about {need} open files, but this process may open {soft} (ulimit -n; hard "
-        f"limit {'unlimited' if hard == resource.RLIM_INFINITY else hard}): raise the limit, or {advice}")
+        f"limit {'unlimited' if hard == resource.RLIM_INFINITY else hard}): {advice}")

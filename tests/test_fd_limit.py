@@ -87,4 +87,4 @@ def test_a_limit_too_low_for_one_worker_says_how_many_files_one_needs(tmp_path: 
     one = fdlimit.files_needed(1)
     done = _run(tmp_path, one - 4, one - 4, "run", "--workers", "1", "--until-idle")
     assert done.returncode == 2
-    assert done.stderr.strip().endswith(f"raise the limit, or at least {one} are needed for one worker"), done.stderr
+    assert done.stderr.strip().endswith(f"raise the limit to at least {one}, what one worker needs"), done.stderr
