@@ -32,10 +32,11 @@ from queuectl.models import Claim, EngineInfo, Finished, JobState, Outcome
 from queuectl.notify import Notifier
 from queuectl.paths import LOGS_DIR, attempt_log_file, loose_permissions
 from queuectl.procs import pid_alive
-from queuectl.runner import run_command
+from queuectl.runner import ResourceShortage, run_command
 from queuectl.scheduler import DueHeap
 from queuectl.store.base import Store
 from queuectl.textfmt import one_line
+from queuectl.timefmt import human_duration
 
 T = TypeVar("T")
 __all__ = ["Engine", "EngineOptions", "Summary", "install_child_watcher"]
@@ -86,6 +87,10 @@ class Engine:
         self._cancelling: set[str] = set()
         self._cancel_check = asyncio.Event()
         self._cron_wake = asyncio.Event()
+        #: Commands in a row that could not start for want of resources, and until when (wall clock, as _due_now)
+        #: nothing is claimed because of them (0: claiming).
+        self._shortages = 0
+        self._resume_at = 0.0
 
     # ---- stopping --------------------------------------------------------------------------------------------
 
@@ -209,7 +214,7 @@ class Engine:
             self._heap.pop_due(now)
             await self._maybe_refill()
             if (self.options.until_idle and not claimed and self._free == self.options.workers
-                    and not self._finished and await self._idle()):
+                    and not self._finished and not self._claims_paused() and await self._idle()):
                 return
             await self._sleep(self._sleep_s(now))
 
@@ -223,7 +228,7 @@ class Engine:
         """Record the attempts that ended and claim jobs for the idle workers (and ahead, see _ahead), in one store
         call. Returns how many jobs were claimed."""
         self._deferred = False
-        if not self._finished and (self._stopping or self._free + self._ahead() <= 0):
+        if not self._finished and (self._stopping or self._free + self._ahead() <= 0 or self._claims_paused()):
             return 0
         ahead = self._claim_ahead
         if (not self._stopping and self._queue.qsize() >= max(1, ahead // 2) and len(self._finished) < ahead
@@ -242,7 +247,8 @@ class Engine:
             # running, claimed ahead, or ended with their result waiting (those in self._finished; this batch's
             # are recorded in the same transaction as the claim).
             nonlocal limit
-            limit = 0 if self._stopping else max(0, self._free + self._ahead() - len(self._finished))
+            limit = 0 if self._stopping or self._claims_paused() else max(
+                0, self._free + self._ahead() - len(self._finished))
             return self.store.record(self.id, finished, now=self._due_now(), claim_limit=limit,
                                      queues=self.options.queues)
 
@@ -278,6 +284,12 @@ class Engine:
             self._free += 1
             await self._release(claim)
 
+    def _claims_paused(self) -> bool:
+        """Whether claiming is paused after commands could not start for want of resources (see _short_of)."""
+        if self._resume_at and self._due_now() >= self._resume_at:
+            self._resume_at = 0.0
+        return self._resume_at > 0.0
+
     def _due_now(self) -> float:
         """Wall-clock time that decides what is due, never going back while the engine runs: after the clock is
         stepped back, due jobs still run (delayed ones may run early by the step) instead of stalling."""
@@ -292,6 +304,8 @@ class Engine:
         if self._free <= 0:
             return None  # a finishing worker wakes us
         timeout = self.options.max_sleep_s
+        if self._resume_at:
+            timeout = min(timeout, max(0.0, self._resume_at - now) + 0.0005)
         deadline = self._heap.next_deadline()
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - now) + 0.0005)
@@ -402,6 +416,9 @@ class Engine:
                     kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes)
             finally:
                 del self._in_command[job.id]  # from here on, a cancel request no longer reaches this task
+        except ResourceShortage as exc:
+            await finish_even_if_cancelled(self._short_of(claim, str(exc)))  # a fast stop must not lose the job
+            return
         except asyncio.CancelledError:
             # `queuectl cancel`, not a stop: the group is gone
             if job.id in self._cancelling and not self._fast_requested.is_set():
@@ -418,6 +435,7 @@ class Engine:
             outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
                               finished_at=time.time())
         self._cancelling.discard(job.id)  # flagged, but the command ended first: its result stands
+        self._shortages = 0
         took_s = outcome.finished_at - outcome.started_at
         self._recent_job_s = took_s if self._recent_job_s == float("inf") else 0.8 * self._recent_job_s + 0.2 * took_s
         self._finished.append(results.decide(claim, outcome, self.settings))
@@ -435,6 +453,27 @@ class Engine:
             self.summary.released += 1
             self.log.emit("released", f"{claim.job.id} given back to the queue (attempt not counted)",
                           job=claim.job.id, attempt=claim.attempt)
+
+    async def _short_of(self, claim: Claim, why: str) -> None:
+        """The command could not start for want of files, processes or memory: not the job's fault, so its attempt
+        is not counted. The job goes back for when claiming resumes, and no job is claimed until then (each would
+        fail alike): 1 s after the first such failure, doubling with each pause in a row up to 30 s (EngineOptions).
+        The pauses in a row end when a command starts."""
+        now = self._due_now()
+        if not self._claims_paused():  # else a job claimed before the pause: it waits for the same end
+            self._shortages += 1
+            self._resume_at = now + min(self.options.shortage_pause_s * 2 ** min(self._shortages - 1, 20),
+                                        self.options.shortage_pause_max_s)
+        run_at = self._resume_at
+        ok = await self._store_call(lambda: self.store.release(
+            claim, self.id, now=now, reason=f"not started: {why} (the engine was short of it; not counted)",
+            run_at=run_at), default=False)
+        if ok:
+            self.summary.released += 1
+            self._heap.push(run_at, claim.job.id)
+            self.log.emit("no_resources", f"{claim.job.id} could not start: {why}; given back without counting the "
+                          f"attempt, no job starts for {human_duration(run_at - now)}", job=claim.job.id,
+                          attempt=claim.attempt, error=why, retry_in_s=round(run_at - now, 3))
 
     def _recorded(self, f: Finished, ok: bool) -> None:
         """A round recorded this attempt's end (ok) or found the job taken over by another engine meanwhile."""

@@ -43,6 +43,10 @@ class EngineOptions:
     cancel_check_min_interval_s: float = 0.02
     #: While workers have jobs claimed ahead, ended attempts wait at most this long to be recorded together.
     round_defer_s: float = 0.005
+    #: After a command could not start for want of files, processes or memory, no job starts for this long,
+    #: doubling with each such failure in a row up to shortage_pause_max_s.
+    shortage_pause_s: float = 1.0
+    shortage_pause_max_s: float = 30.0
 
 
 def claim_ahead_jobs(workers: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -17,6 +18,15 @@ from queuectl.logsink import LogSink
 from queuectl.models import Outcome
 
 _devnull: int | None = None
+
+#: Why a command could not start that says nothing of the command: the engine's process is out of open files
+#: (EMFILE), the system is (ENFILE), the user's process limit is reached (EAGAIN from fork), memory is short.
+_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+
+class ResourceShortage(Exception):
+    """The command could not be started for want of files, processes or memory: not the command's fault, so the
+    caller should try it again later rather than count a failed attempt. Nothing was started."""
 
 
 def devnull() -> int:
@@ -72,7 +82,8 @@ async def run_command(
     log_max_bytes: int = 0,
 ) -> Outcome:
     """Run to the end (or the timeout) and describe what happened. Never raises for the command's faults;
-    on cancellation the process group is terminated before CancelledError propagates."""
+    on cancellation the process group is terminated before CancelledError propagates. Raises ResourceShortage
+    when the command could not be started for want of files, processes or memory (see _SHORTAGES)."""
     started_at = time.time()
     sink = LogSink(log_path, max_bytes=log_max_bytes)
     try:
@@ -91,6 +102,9 @@ async def run_command(
             finally:
                 os.close(write_fd)  # the command holds it now: the pipe ends when the command (and its children) do
         except OSError as exc:
+            if exc.errno in _SHORTAGES:
+                sink.close()
+                raise ResourceShortage(exc.strerror or str(exc)) from None
             reason = f"cannot start: {exc.strerror or exc}"
             if isinstance(exc, FileNotFoundError | NotADirectoryError) and not os.path.isdir(cwd):  # noqa: ASYNC240 - only on a failed start
                 reason = f"cannot start: working directory {cwd} does not exist"

@@ -9,6 +9,7 @@ Stable interface (other test modules import these):
   raises AssertionError at the deadline.
 - ``async_wait_until(predicate, timeout_s, interval_s=0.02)``: the same from a coroutine; the predicate may be
   sync or return an awaitable.
+- ``out_of_files()``: a context manager that takes every file this process may still open, and gives them back.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import inspect
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -144,3 +146,20 @@ async def async_wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate!r}; last: {value!r}")
         await asyncio.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def out_of_files() -> Iterator[None]:
+    """Every file this process may still open, taken (under a soft limit of at most 4096), then given back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -4,15 +4,14 @@ exit codes, and output through asyncio's own pipes, with asyncio's exit callback
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import resource
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from queuectl.engine_options import install_child_watcher
+from tests.helpers import out_of_files
 
 pytestmark = pytest.mark.skipif(sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"),
                                 reason="child watchers exist up to Python 3.11, and this one needs pidfd_open")
@@ -87,7 +86,7 @@ async def test_a_child_is_still_watched_when_no_pidfd_can_be_opened(watcher: asy
     reported (by polling), not lost with the command left unwatched."""
     done: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 0.2; exit 5"], os.environ)  # noqa: ASYNC221 - a bare child
-    with _out_of_files():
+    with out_of_files():
         with pytest.raises(OSError):
             os.close(os.pidfd_open(pid))
         watcher.add_child_handler(pid, lambda *args: done.set_result(args), "extra")
@@ -99,7 +98,7 @@ async def test_a_child_is_still_watched_when_no_pidfd_can_be_opened(watcher: asy
 async def test_a_polled_child_can_be_unwatched(watcher: asyncio.AbstractChildWatcher) -> None:
     pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 0.3; exit 2"], os.environ)  # noqa: ASYNC221 - a bare child
     called: list[object] = []
-    with _out_of_files():
+    with out_of_files():
         watcher.add_child_handler(pid, lambda *args: called.append(args))
     assert watcher.remove_child_handler(pid) is True
     assert watcher.remove_child_handler(pid) is False
@@ -107,20 +106,3 @@ async def test_a_polled_child_can_be_unwatched(watcher: asyncio.AbstractChildWat
     _, status = await asyncio.to_thread(os.waitpid, pid, 0)
     assert os.waitstatus_to_exitcode(status) == 2
     assert called == []
-
-
-@contextlib.contextmanager
-def _out_of_files() -> Iterator[None]:
-    """Every file this process may still open, taken (under a soft limit of at most 4096), then given back."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held: list[int] = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

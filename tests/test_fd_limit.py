@@ -1,17 +1,21 @@
 """Open files: every running job holds a few (its output pipe, its pidfd, its log file). An engine started with more
 workers than its open-files limit allows must not fail jobs with "Too many open files": it raises its soft limit
-where the hard one allows, and refuses to start (one line, exit 2) where it does not."""
+where the hard one allows, and refuses to start (one line, exit 2) where it does not. A shortage that comes later
+(files taken by something else in the engine's process) gives the job back without spending its attempt."""
 
 from __future__ import annotations
 
 import json
 import resource
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from queuectl import fdlimit
-from tests.helpers import proc_argv, proc_env, run_proc
+from queuectl import fdlimit, jobspec
+from queuectl.models import AttemptStatus, JobState
+from tests.engine_helpers import await_states, await_until, engine_in_process
+from tests.helpers import out_of_files, proc_argv, proc_env, run_proc
 
 WORKERS = 60
 #: Well under what WORKERS running jobs hold (three files each) plus the engine's own.
@@ -88,3 +92,38 @@ def test_a_limit_too_low_for_one_worker_says_how_many_files_one_needs(tmp_path: 
     done = _run(tmp_path, one - 4, one - 4, "run", "--workers", "1", "--until-idle")
     assert done.returncode == 2
     assert done.stderr.strip().endswith(f"raise the limit to at least {one}, what one worker needs"), done.stderr
+
+
+async def test_a_command_that_cannot_start_for_want_of_files_does_not_spend_its_attempt(tmp_path: Path) -> None:
+    """No retries left (max_retries 0): before, the job went dead with "cannot start: Too many open files"."""
+    async with engine_in_process(tmp_path, workers=1, shortage_pause_s=0.2) as (_engine, q, log):
+        # Due in a moment, so that the engine has heard of it (a wake-up datagram needs a file) before the files
+        # are gone; it is claimed (the database is open already) and cannot start.
+        await q.enqueue([jobspec.from_mapping({"id": "j1", "command": "echo ran", "max_retries": 0,
+                                               "cwd": str(tmp_path), "run_at": time.time() + 0.5})])
+        with out_of_files():
+            await await_until(lambda: q.store.attempts("j1"), timeout=20, what="an attempt to start j1")
+        found = await await_states(q, {"j1": [JobState.COMPLETED, JobState.DEAD]}, timeout=20)
+        history = await q.store.attempts("j1")
+    assert (found["j1"].state, found["j1"].attempts) == (JobState.COMPLETED, 1)
+    *given_back, ran = history
+    assert given_back and all(a.status == AttemptStatus.INTERRUPTED for a in given_back)
+    assert "Too many open files" in (given_back[0].error or "")
+    assert (ran.status, ran.exit_code, (ran.output_tail or "").strip()) == (AttemptStatus.SUCCEEDED, 0, "ran")
+    assert "j1 could not start: Too many open files; given back without counting the attempt" in log.getvalue()
+
+
+def test_commands_that_leave_processes_holding_their_output_do_not_spend_the_next_jobs_retries(
+    tmp_path: Path,
+) -> None:
+    """Each `sleep 2 &` leaves a process holding its output pipe, and the engine copies what it writes until it exits:
+    an open file each. Under a limit of 40, the engine runs out of files after some 25 such jobs; the jobs it cannot
+    start then wait (given back, claiming paused) instead of failing, and `--until-idle` waits for them."""
+    jobs = 40
+    lines = "".join(json.dumps({"id": f"d{i}", "command": "sleep 2 &", "max_retries": 0}) + "\n" for i in range(jobs))
+    done = run_proc("enqueue", "--file", "-", home=tmp_path, input=lines)
+    assert done.code == 0, done.err
+    ran = _run(tmp_path, 40, 40, "run", "--workers", "1", "--until-idle")
+    assert ran.returncode == 0, ran.stderr
+    assert "could not start: Too many open files; given back without counting the attempt" in ran.stderr
+    assert _states(tmp_path) == {"completed": jobs}

@@ -15,8 +15,9 @@ import pytest
 
 from queuectl.logsink import TAIL_BYTES
 from queuectl.models import Outcome
-from queuectl.runner import run_command
+from queuectl.runner import ResourceShortage, run_command
 from tests.engine_helpers import await_until, process_gone, read_pids, wait_pids_gone
+from tests.helpers import out_of_files
 
 
 @pytest.fixture
@@ -91,6 +92,16 @@ async def test_missing_cwd_cannot_start_and_is_recorded(tmp_path: Path) -> None:
     assert str(missing) in outcome.error
     assert str(missing) in log.read_text()
     assert str(missing) in outcome.output_tail
+
+
+async def test_out_of_files_is_a_shortage_not_an_outcome_and_starts_nothing(tmp_path: Path) -> None:
+    """The command is not at fault: the caller (the engine) tries it again later without counting the attempt."""
+    marker = tmp_path / "ran"
+    with out_of_files(), pytest.raises(ResourceShortage, match="Too many open files"):
+        await run(f"touch {marker}", tmp_path, tmp_path / "a.log")
+    assert not marker.exists()
+    assert not (tmp_path / "a.log").exists()
+    assert (await run(f"touch {marker}", tmp_path, tmp_path / "a.log")).succeeded  # files back: it runs
 
 
 async def test_death_by_signal_is_a_failure_naming_the_signal(work: Path, tmp_path: Path) -> None:

@@ -387,6 +387,19 @@ async def test_release_gives_the_job_back_without_counting_the_attempt(store: St
     assert again.attempt == 2  # the interrupted run has number 1 for good
 
 
+async def test_release_with_a_due_time_gives_the_job_back_for_later(store: Store) -> None:
+    """An engine that could not start a command for want of files or processes gives the job back for later."""
+    await store.enqueue([job("j1", run_at=NOW - 50)], now=NOW)
+    claim = await claim_one(store)
+    assert await store.release(claim, "e1", now=NOW + 1, reason="could not start", run_at=NOW + 4) is True
+    got = await store.get("j1")
+    assert (got.state, got.attempts, got.engine_id) == (JobState.PENDING, 0, None)
+    assert got.run_at == t(4)
+    assert await store.claim_due("e1", now=NOW + 3.9, limit=1) == []  # not before its due time
+    again = await claim_one(store, "e1", now=NOW + 4)
+    assert (again.attempt, again.job.attempts) == (2, 0)
+
+
 @pytest.mark.parametrize("op", ["complete", "schedule_retry", "bury", "release"])
 async def test_finishing_by_the_wrong_engine_returns_false_and_changes_nothing(store: Store, op: str) -> None:
     await store.enqueue([job("j1")], now=NOW)

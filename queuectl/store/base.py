@@ -116,8 +116,11 @@ class Store(abc.ABC):
         return oks, claims
 
     @abc.abstractmethod
-    async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
-        """Give a job back without counting the attempt (fast stop): pending, due now, attempt interrupted."""
+    async def release(
+        self, claim: Claim, engine_id: str, *, now: float, reason: str, run_at: float | None = None
+    ) -> bool:
+        """Give a job back without counting the attempt (a fast stop; a command the engine could not start for
+        want of files, processes or memory): pending, due at run_at (default now), attempt interrupted."""
 
     @abc.abstractmethod
     async def retry_dead(self, job_ids: Sequence[str] | None, *, now: float) -> list[str]:

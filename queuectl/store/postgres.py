@@ -248,10 +248,13 @@ class PostgresStore(PostgresSched):
             await sched.follow_end(conn, row["id"], row["state"], outcome.finished_at)
         return True
 
-    async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
+    async def release(
+        self, claim: Claim, engine_id: str, *, now: float, reason: str, run_at: float | None = None
+    ) -> bool:
         started = claim.job.started_at if claim.job.started_at is not None else now
         async with self._conn() as conn, conn.transaction():
             cur = await conn.execute(schema.RELEASE, {"now": now, "seq": claim.job.seq, "engine": engine_id,
+                                                      "run_at": now if run_at is None else run_at,
                                                       "attempt": claim.attempt, "started": started, "reason": reason})
             row = await cur.fetchone()
             if row is None:

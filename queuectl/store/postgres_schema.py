@@ -509,8 +509,8 @@ FINISH = f"""
 
 RELEASE = f"""
     WITH back AS (
-        UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END, run_at = %(now)s,
-               updated_at = %(now)s, engine_id = NULL,
+        UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+               run_at = %(run_at)s, updated_at = %(now)s, engine_id = NULL,
                finished_at = CASE WHEN cancel_requested THEN %(now)s::float8 END
          WHERE {_HELD}
         RETURNING id, state),

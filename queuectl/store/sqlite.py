@@ -128,8 +128,10 @@ class SQLiteStore(Store):
     async def bury_cancelled(self, claim: Claim, engine_id: str, outcome: Outcome) -> bool:
         return await self._run(_finish, claim, engine_id, outcome, JobState.CANCELLED, None)
 
-    async def release(self, claim: Claim, engine_id: str, *, now: float, reason: str) -> bool:
-        return await self._run(ops.release, claim, engine_id, now, reason)
+    async def release(
+        self, claim: Claim, engine_id: str, *, now: float, reason: str, run_at: float | None = None
+    ) -> bool:
+        return await self._run(ops.release, claim, engine_id, now, reason, now if run_at is None else run_at)
 
     async def retry_dead(self, job_ids: Sequence[str] | None, *, now: float) -> list[str]:
         return await self._run(ops.retry_dead, job_ids, now)

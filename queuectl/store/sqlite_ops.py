@@ -218,14 +218,14 @@ def _insert_attempt(
                                                error, tail, log_path))
 
 
-def release(conn: sqlite3.Connection, claim: Claim, engine_id: str, now: float, reason: str) -> bool:
+def release(conn: sqlite3.Connection, claim: Claim, engine_id: str, now: float, reason: str, run_at: float) -> bool:
     with write_tx(conn):
         row = conn.execute(
             """UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END,
                    run_at = ?, updated_at = ?, engine_id = NULL,
                    finished_at = CASE WHEN cancel_requested = 1 THEN ? END
                WHERE seq = ? AND state = 'processing' AND engine_id = ? AND runs = ? RETURNING state""",
-            (now, now, now, claim.job.seq, engine_id, claim.attempt),
+            (run_at, now, now, claim.job.seq, engine_id, claim.attempt),
         ).fetchone()
         if row is None:
             return False
