@@ -65,11 +65,12 @@ def human_duration(seconds: float | None) -> str:
     """Short human form: 850ms, 12.3s, 4m05s, 2h03m, 3d04h."""
     if seconds is None:
         return "-"
-    if seconds < 1:
+    # Each bound is where the form below it would round up to the next one's first value ("1000ms", "60.0s").
+    if seconds < 0.9995:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
+    if seconds < 59.95:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
+    minutes, secs = divmod(int(max(seconds, 60)), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

@@ -305,6 +305,8 @@ def test_parse_time_and_iso_round_trip_in_utc() -> None:
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(None, "-"), (0.85, "850ms"), (12.34, "12.3s"), (245, "4m05s"),
-                                               (7380, "2h03m"), (3 * 86400 + 4 * 3600, "3d04h")])
+                                               (7380, "2h03m"), (3 * 86400 + 4 * 3600, "3d04h"),
+                                               # just under a unit's bound: the next unit, never "1000ms" or "60.0s"
+                                               (0.9996, "1.0s"), (59.96, "1m00s")])
 def test_human_duration(seconds: float | None, text: str) -> None:
     assert human_duration(seconds) == text
