@@ -306,7 +306,7 @@ class Queue:
         await self.store.request_stop([e.id for e in engines])
         host = socket.gethostname()
         for engine in engines:
-            if engine.host == host:
+            if engine.host == host and engine.pid > 0:  # kill(0) or kill(-1) would reach whole groups, or all
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(engine.pid, signal.SIGTERM)
         if wait:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -20,6 +22,7 @@ import pytest
 from queuectl import jobspec
 from queuectl.api import Queue
 from queuectl.models import AttemptStatus, JobState
+from queuectl.procs import pid_alive
 from queuectl.timefmt import iso
 from tests.engine_helpers import (
     QUEUECTL,
@@ -639,3 +642,36 @@ async def test_stop_of_an_in_process_engine_is_graceful(home: Path, work: Path) 
     assert found["waiting"].runs == 0
     assert "stopping" in log.getvalue()
 
+
+
+def test_no_pid_that_a_process_cannot_have_is_alive() -> None:
+    """kill(0, 0) asks about this process group and kill(-1, 0) about every process: both answer yes. A pid beyond
+    pid_t made kill() raise OverflowError."""
+    assert not pid_alive(0)
+    assert not pid_alive(-1)
+    assert not pid_alive(2**40)
+    assert pid_alive(os.getpid())
+
+
+@pytest.mark.parametrize("pid", [0, 2**40])
+async def test_an_engine_row_with_an_impossible_pid_is_an_engine_gone(home: Path, work: Path, pid: int) -> None:
+    """A hand-edited or corrupted engines row. Before, pid 2**40 made every engine's start-up (the recovery sweep)
+    and `status` fail, and pid 0 made `worker stop` send SIGTERM to its own process group."""
+    async with Queue(home) as q:
+        await add(q, "held", "true", work)
+    host, now = socket.gethostname(), time.time()
+    with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
+        db.execute("INSERT INTO engines(id, host, pid, workers, started_at, heartbeat_at) VALUES (?, ?, ?, 1, ?, ?)",
+                   (f"{host}-1-bad", host, pid, now, now))
+        db.execute("UPDATE jobs SET state = 'processing', engine_id = ?, runs = 1, started_at = ? WHERE id = 'held'",
+                   (f"{host}-1-bad", now))
+    # Its own session: were SIGTERM sent to "process group 0", it would reach this command alone.
+    stop = subprocess.run([*QUEUECTL, "worker", "stop"], env=cli_env(home), capture_output=True, text=True,  # noqa: ASYNC221
+                          timeout=30, check=False, start_new_session=True)
+    assert (stop.returncode, stop.stdout.strip(), stop.stderr) == (0, "no engine is running", "")
+    status = cli(home, "status")
+    assert status.returncode == 0, status.stderr
+    assert "none running" in status.stdout
+    summary, _log = await run_until_idle(home, workers=1, timeout=20)
+    assert summary.recovered == 1
+    assert (await jobs_async(home))["held"].state == COMPLETED
