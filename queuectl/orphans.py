@@ -42,6 +42,9 @@ def kill_leftovers(host: str, own_id: str) -> list[str]:
     """Kill the process groups of jobs started by dead engines of this host; returns those jobs' ids."""
     groups: dict[int, str] = {}
     dead: dict[str, bool] = {}
+    # Never our own group: an engine started from a job of an engine now gone carries that engine's id in its
+    # environment, and so may its parent (a script, a shell); it would kill itself and them.
+    own_group = os.getpgrp()
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
@@ -62,7 +65,9 @@ def kill_leftovers(host: str, own_id: str) -> list[str]:
             continue
         with contextlib.suppress(OSError):
             job = next((v[len(_JOB_PREFIX):].decode(errors="replace") for v in env if v.startswith(_JOB_PREFIX)), "?")
-            groups[os.getpgid(int(pid))] = job
+            group = os.getpgid(int(pid))
+            if group != own_group:
+                groups[group] = job
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)

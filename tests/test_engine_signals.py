@@ -6,21 +6,25 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from queuectl import jobspec
+from queuectl import jobspec, orphans
 from queuectl.api import Queue
 from queuectl.models import AttemptStatus, EngineInfo, JobState
 from tests.engine_helpers import (
+    QUEUECTL,
     Engines,
     attempts,
     attempts_async,
     await_states,
     await_until,
     cli,
+    cli_env,
     cli_ok,
     config_set,
     engine_in_process,
@@ -268,6 +272,20 @@ def test_restart_after_kill9_kills_the_dead_engines_leftover_job_processes(
     assert proc.returncode == 0, proc.stderr
     wait_pids_gone(first, timeout=5)
     assert job(home, "orphaned").state == COMPLETED
+
+
+def test_an_engine_started_from_a_dead_engines_job_does_not_kill_itself(home: Path, work: Path) -> None:
+    """A job's environment carries its engine's id, and so does whatever it starts: a `queuectl run` started from
+    a job of an engine now gone found its own process group among that engine's leftovers, and SIGKILLed it."""
+    gone = subprocess.Popen(["true"])  # a pid that no longer runs
+    gone.wait()
+    env = cli_env(home, {orphans.ENGINE_ENV: orphans.engine_id(socket.gethostname(), gone.pid, "gone")})
+    enqueue(home, "echo ran", id="j1", cwd=work)
+    # Its own session: the group it would kill is its own alone.
+    proc = subprocess.run([*QUEUECTL, "run", "--until-idle"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False, start_new_session=True)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert job(home, "j1").state == COMPLETED
 
 
 def test_running_engine_recovers_a_dead_engines_jobs_within_the_recover_interval(
