@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -184,6 +185,9 @@ def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: s
     options = EngineOptions(home=ctx().home, workers=workers, until_idle=until_idle, grace_s=grace_s,
                             queues=served)
     log = EventLog(log_format)
+    url = ctx().database_url
+    if url is not None:  # what the jobs' own `queuectl` commands use (the engine adds QUEUECTL_HOME)
+        os.environ["QUEUECTL_DATABASE_URL"] = url
     if dashboard_port is None:
         summary = call(lambda q: Engine(q.store, options, log).run())
     else:

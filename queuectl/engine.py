@@ -79,6 +79,9 @@ class Engine:
         # In bytes, encoded once: subprocess encodes every variable of a str environment at each spawn (~12 us of
         # the event loop's time per job with 35 variables).
         self._base_env = dict(os.environb)
+        # A job that runs `queuectl enqueue` (a follow-up step) reaches this engine's queue, also when the engine
+        # was given --home rather than QUEUECTL_HOME; absolute, since jobs run in other directories.
+        self._base_env[b"QUEUECTL_HOME"] = os.fsencode(str(options.home.absolute()))
         self._engine_mark = {os.fsencode(orphans.ENGINE_ENV): os.fsencode(self.id)}
         self._logs_dir = str(options.home / LOGS_DIR)
         self.notifier = Notifier(options.home, self.log)

@@ -12,6 +12,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -675,3 +676,23 @@ async def test_an_engine_row_with_an_impossible_pid_is_an_engine_gone(home: Path
     summary, _log = await run_until_idle(home, workers=1, timeout=20)
     assert summary.recovered == 1
     assert (await jobs_async(home))["held"].state == COMPLETED
+
+
+def test_a_job_that_enqueues_a_follow_up_reaches_its_own_engines_queue(tmp_path: Path, work: Path) -> None:
+    """The engine was given a relative --home, not QUEUECTL_HOME: a job's `queuectl enqueue` (run elsewhere) went
+    to the default data directory instead, and the follow-up never ran."""
+    default = tmp_path / "xdg"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")} | {"XDG_DATA_HOME": str(default)}
+    follow_up = f"{sys.executable} -m queuectl enqueue --id child -- echo child-ran"
+
+    def queuectl(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*QUEUECTL, "--home", "q", *args], env=env, cwd=tmp_path, input=input,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    added = queuectl("enqueue", "--file", "-", input=json.dumps({"id": "parent", "command": follow_up,
+                                                                   "cwd": str(work)}))
+    assert added.returncode == 0, added.stderr
+    ran = queuectl("run", "--until-idle")
+    assert ran.returncode == 0, ran.stderr
+    assert {j.id: j.state for j in jobs(tmp_path / "q").values()} == {"parent": COMPLETED, "child": COMPLETED}
+    assert not default.exists()

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,6 +29,7 @@ from queuectl.api import Queue
 from queuectl.models import Attempt, AttemptStatus, EngineInfo, Job, JobState
 from queuectl.timefmt import iso
 from tests.engine_helpers import (
+    QUEUECTL,
     EngineProc,
     Engines,
     cli,
@@ -488,3 +491,15 @@ async def test_concurrent_recovery_sweeps_of_eight_engines_recover_every_job_onc
         for store in stores:
             await store.close()
 
+
+
+def test_a_job_that_enqueues_a_follow_up_reaches_the_database_given_by_flag(home: Path, work: Path, pg: Pg) -> None:
+    """`queuectl --database-url URL run`: the jobs' own `queuectl` commands use the same database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+    env["QUEUECTL_HOME"] = str(home)
+    follow_up = f"{sys.executable} -m queuectl enqueue --id child -- echo child-ran"
+    enqueue(home, pg, follow_up, cwd=work, id="parent")
+    ran = subprocess.run([*QUEUECTL, "--database-url", pg.url, "run", "--until-idle"], env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert {i: j.state for i, j in pg.jobs().items()} == {"parent": COMPLETED, "child": COMPLETED}
