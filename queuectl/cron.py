@@ -8,7 +8,8 @@ several times since (an every-second entry during a stall runs once, not in a bu
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from queuectl import cronexpr, jobspec
 from queuectl.errors import ValidationError
@@ -17,6 +18,8 @@ from queuectl.models import CronEntry
 
 #: A due time seen later than this was missed.
 MISSED_AFTER_S = 60.0
+#: An entry that cannot be read is tried again this much later (a newer engine may read it meanwhile).
+UNREADABLE_RETRY_S = 60.0
 
 
 class Plan(NamedTuple):
@@ -43,6 +46,15 @@ def plan(entry: CronEntry, now: float) -> Plan:
                  priority=entry.priority, max_retries=entry.max_retries, timeout_s=entry.timeout_s,
                  env=tuple(entry.env.items()), cron=entry.name)
     return Plan(job, nxt)
+
+
+def plan_row(row: Mapping[str, Any], now: float) -> tuple[Plan, str | None]:
+    """plan() for a stored row. A row that cannot be read or planned (a schedule written by a newer queuectl,
+    a hand-edited row) makes no job and is put off UNREADABLE_RETRY_S; the second value says why."""
+    try:
+        return plan(CronEntry.from_row(row), now), None
+    except Exception as exc:  # anything the row's contents can raise: one entry must not stop the others
+        return Plan(None, now + UNREADABLE_RETRY_S), str(exc) or type(exc).__name__
 
 
 def make_entry(

@@ -169,7 +169,7 @@ class Engine:
                     name="cancel-watch"),
                 asyncio.create_task(duties.cron_loop(
                     self.store, self._cron_wake, self._cron_enqueued, self._note_store_failure,
-                    self.options.max_sleep_s), name="cron"),
+                    self.options.max_sleep_s, self.log), name="cron"),
                 asyncio.create_task(self.notifier.sender.run(), name="webhooks"),
             ]
             self._workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")

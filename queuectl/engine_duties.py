@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from queuectl import paths
+from queuectl import cron, paths
 from queuectl.config import Settings
 from queuectl.errors import StoreError
 from queuectl.events import EventLog
 from queuectl.models import Claim, JobState
 from queuectl.store.base import Store
+from queuectl.textfmt import one_line
 
 
 async def cancel_watch(
@@ -51,19 +52,27 @@ async def cancel_watch(
 
 async def cron_loop(
     store: Store, wake: asyncio.Event, on_enqueued: Callable[[list[str]], None],
-    on_store_error: Callable[[StoreError], None], max_sleep_s: float,
+    on_store_error: Callable[[StoreError], None], max_sleep_s: float, log: EventLog,
 ) -> None:
     """Tick the store's cron entries; sleep until the next due time, a change from elsewhere (`wake`), or
-    max_sleep_s (which bounds the effect of a wall-clock jump)."""
+    max_sleep_s (which bounds the effect of a wall-clock jump). An entry that cannot be read is logged once
+    (again if why changes) and tried every cron.UNREADABLE_RETRY_S; the others run."""
+    told: dict[str, str] = {}
     while True:
         wake.clear()
         try:
-            enqueued, next_at = await store.cron_tick(now=time.time())
+            enqueued, next_at, unreadable = await store.cron_tick(now=time.time())
         except StoreError as exc:
             on_store_error(exc)
-            enqueued, next_at = [], None
+            enqueued, next_at, unreadable = [], None, {}
         if enqueued:
             on_enqueued(enqueued)
+        for name, why in unreadable.items():
+            if told.get(name) != why:
+                told[name] = why
+                log.emit("cron_unreadable", f"cron entry {one_line(name, 60)} cannot be run: {one_line(why, 200)}; "
+                         f"trying again every {cron.UNREADABLE_RETRY_S:g}s (`queuectl cron remove` it, or run a "
+                         "queuectl that reads it)", cron=name, error=why)
         timeout = max_sleep_s
         if next_at is not None:
             timeout = min(timeout, max(0.0, next_at - time.time()) + 0.0005)

@@ -10,7 +10,7 @@ import enum
 import functools
 import json
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 
 class JobState(enum.StrEnum):
@@ -285,6 +285,18 @@ class CronEntry:
         values["paused"] = bool(values.get("paused"))
         values["catch_up"] = bool(values.get("catch_up"))
         return cls(**values)
+
+
+class CronTick(NamedTuple):
+    """What one tick of the cron entries did."""
+
+    #: Ids of the jobs enqueued.
+    enqueued: list[str]
+    #: The soonest next due time of an active entry.
+    next_at: float | None
+    #: Entries that could not be read (a schedule from a newer queuectl, a hand-edited row), by name, with why:
+    #: each is put off cron.UNREADABLE_RETRY_S and the others run.
+    unreadable: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -264,6 +264,22 @@ async def test_cron_skips_missed_runs_unless_catch_up(home: Path, work: Path) ->
     assert entries["skip"].last_job_id is None
 
 
+async def test_a_cron_entry_the_engine_cannot_read_is_logged_and_the_others_run(home: Path, work: Path) -> None:
+    """Before, one such entry stopped every entry's tick, and nothing said so."""
+    now = time.time()
+    async with Queue(home) as q:
+        good = cron.make_entry("good", "* * * * * *", f"echo good >> {work}/ran", cwd=str(work), now=now)
+        await q.cron_add(good)
+        # As a newer queuectl, with a schedule syntax this one lacks, would store it.
+        await q.cron_add(dataclasses.replace(good, name="newer", schedule="@every 5m",
+                                             command=f"echo newer >> {work}/ran"))
+    async with engine_in_process(home, workers=1) as (_engine, _q, log):
+        await await_until(lambda: len(lines(work / "ran")) >= 2, timeout=20, what="two runs of the good entry")
+    assert set(lines(work / "ran")) == {"good"}
+    said = [line for line in log.getvalue().splitlines() if "cron entry newer cannot be run" in line]
+    assert len(said) == 1 and "'@every 5m': unknown macro" in said[0], log.getvalue()
+
+
 # ---- hooks and webhooks -----------------------------------------------------------------------------------------
 
 

@@ -545,23 +545,23 @@ async def test_cron_add_list_and_duplicate(store: Store) -> None:
 async def test_cron_tick_enqueues_one_job_per_due_time_and_advances(store: Store) -> None:
     e = entry(next_run_at=NOW - 5)
     await store.cron_add(e)
-    ids, nxt = await store.cron_tick(now=NOW)
+    ids, nxt, _ = await store.cron_tick(now=NOW)
     expected_id = cron.job_id("tick", NOW - 5)
     assert ids == [expected_id]
     assert nxt == cron.next_run(e.schedule, NOW) and nxt > NOW
     got = await store.get(expected_id)
     assert (got.command, got.cron, got.state, dict(got.env)) == ("echo tick", "tick", JobState.PENDING,
                                                                  {"FROM_CRON": "1"})
-    assert await store.cron_tick(now=NOW) == ([], nxt)  # ticked again: nothing due
+    assert await store.cron_tick(now=NOW) == ([], nxt, {})  # ticked again: nothing due
     (after,) = await store.crons()
     assert after.next_run_at == nxt and after.last_run_at == t() and after.last_job_id == expected_id
     assert await by_state(store) == expect(pending=1)
 
 
 async def test_cron_tick_with_nothing_due(store: Store) -> None:
-    assert await store.cron_tick(now=NOW) == ([], None)
+    assert await store.cron_tick(now=NOW) == ([], None, {})
     await store.cron_add(entry(next_run_at=NOW + 30))
-    assert await store.cron_tick(now=NOW) == ([], NOW + 30)
+    assert await store.cron_tick(now=NOW) == ([], NOW + 30, {})
     assert await by_state(store) == expect()
 
 
@@ -573,7 +573,7 @@ async def test_concurrent_ticks_from_two_stores_enqueue_once(store: Store) -> No
         results = await asyncio.gather(*((store if n % 2 else other).cron_tick(now=NOW) for n in range(6)))
     finally:
         await other.close()
-    ids = [i for got, _ in results for i in got]
+    ids = [i for got, _, _ in results for i in got]
     assert sorted(ids) == sorted([cron.job_id("one", NOW - 1), cron.job_id("two", NOW - 2)])
     assert await by_state(store) == expect(pending=2)
 
@@ -581,21 +581,35 @@ async def test_concurrent_ticks_from_two_stores_enqueue_once(store: Store) -> No
 async def test_cron_tick_skips_missed_runs_unless_catch_up(store: Store) -> None:
     await store.cron_add(entry("skip", next_run_at=NOW - 3600))
     await store.cron_add(entry("catch", next_run_at=NOW - 3600, catch_up=True))
-    ids, _ = await store.cron_tick(now=NOW)
+    ids, _, _ = await store.cron_tick(now=NOW)
     assert ids == [cron.job_id("catch", NOW - 3600)]
     for e in await store.crons():
         assert e.next_run_at > NOW  # both advanced past now
-    assert await store.cron_tick(now=NOW) == ([], min(e.next_run_at for e in await store.crons()))
+    assert await store.cron_tick(now=NOW) == ([], min(e.next_run_at for e in await store.crons()), {})
+
+
+async def test_cron_tick_puts_off_an_entry_it_cannot_read_and_runs_the_others(store: Store) -> None:
+    """A schedule written by a newer queuectl (or a hand-edited row) stopped every entry's tick before."""
+    await store.cron_add(entry("odd", schedule="@every 5m"))
+    await store.cron_add(entry("tick"))
+    enqueued, nxt, unreadable = await store.cron_tick(now=NOW)
+    assert enqueued == [cron.job_id("tick", NOW - 5)]
+    assert list(unreadable) == ["odd"] and "'@every 5m': unknown macro" in unreadable["odd"]
+    crons = {e.name: e for e in await store.crons()}
+    assert crons["odd"].next_run_at == t(cron.UNREADABLE_RETRY_S)  # tried again then, not at every tick
+    assert (crons["odd"].last_run_at, crons["odd"].last_job_id, crons["odd"].schedule) == (None, None, "@every 5m")
+    assert nxt == min(crons["tick"].next_run_at, NOW + cron.UNREADABLE_RETRY_S)
+    assert await store.cron_tick(now=NOW) == ([], nxt, {})
 
 
 async def test_paused_cron_entry_is_not_ticked_and_resume_moves_it_after_now(store: Store) -> None:
     await store.cron_add(entry("p", next_run_at=NOW - 5, paused=True))
-    assert await store.cron_tick(now=NOW) == ([], None)
+    assert await store.cron_tick(now=NOW) == ([], None, {})
     assert await by_state(store) == expect()
     await store.cron_set_paused("p", paused=False, now=NOW + 1000)
     (e,) = await store.crons()
     assert not e.paused and e.next_run_at == cron.next_run(e.schedule, NOW + 1000) and e.next_run_at > NOW + 1000
-    assert await store.cron_tick(now=NOW + 1000) == ([], e.next_run_at)
+    assert await store.cron_tick(now=NOW + 1000) == ([], e.next_run_at, {})
     await store.cron_set_paused("p", paused=True, now=NOW + 2000)
     (paused,) = await store.crons()
     assert paused.paused and paused.next_run_at == e.next_run_at
@@ -605,7 +619,7 @@ async def test_paused_cron_entry_is_not_ticked_and_resume_moves_it_after_now(sto
 
 async def test_cron_remove(store: Store) -> None:
     await store.cron_add(entry("gone", next_run_at=NOW - 5))
-    (job_id,), _ = await store.cron_tick(now=NOW)
+    (job_id,), _, _ = await store.cron_tick(now=NOW)
     await store.cron_remove("gone")
     assert await store.crons() == []
     assert await state_of(store, job_id) == JobState.PENDING  # the jobs it made stay

@@ -17,6 +17,7 @@ from queuectl.models import (
     Claim,
     Counts,
     CronEntry,
+    CronTick,
     EngineInfo,
     Finished,
     Job,
@@ -234,10 +235,10 @@ class Store(abc.ABC):
         """Pause or resume an entry; resuming makes its next due time the first one after now."""
 
     @abc.abstractmethod
-    async def cron_tick(self, *, now: float) -> tuple[list[str], float | None]:
-        """In one transaction, for every entry due at now: enqueue its job (cron.plan decides, skipping missed
+    async def cron_tick(self, *, now: float) -> CronTick:
+        """In one transaction, for every entry due at now: enqueue its job (cron.plan_row decides, skipping missed
         runs unless catch_up) and advance it; concurrent ticks never enqueue a due time twice. Returns the ids
-        enqueued and the soonest next due time of an active entry."""
+        enqueued, the soonest next due time of an active entry, and the entries that could not be read."""
 
     @abc.abstractmethod
     async def webhook_add(self, url: str, *, events: Sequence[str], secret: str | None, now: float) -> int:

@@ -26,7 +26,7 @@ from psycopg.rows import DictRow
 from queuectl import cron
 from queuectl.errors import ConflictError, NotFoundError
 from queuectl.jobspec import NewJob
-from queuectl.models import CronEntry, JobState, QueueInfo, Webhook
+from queuectl.models import CronEntry, CronTick, JobState, QueueInfo, Webhook
 from queuectl.store import postgres_schema as schema
 from queuectl.store import rules
 from queuectl.store.base import Store
@@ -427,25 +427,28 @@ class PostgresSched(Store):
                                (paused, next_run_at, name))
             await wake(conn, self._channel)
 
-    async def cron_tick(self, *, now: float) -> tuple[list[str], float | None]:
+    async def cron_tick(self, *, now: float) -> CronTick:
         enqueued: list[str] = []
+        unreadable: dict[str, str] = {}
         async with self._conn() as conn, conn.transaction():
             due = await _all(conn, "SELECT * FROM crons WHERE NOT paused AND next_run_at <= %s ORDER BY name "
                              "FOR UPDATE SKIP LOCKED", (now,))
             for row in due:
-                entry = CronEntry.from_row(row)
-                plan = cron.plan(entry, now)
+                plan, why = cron.plan_row(row, now)
+                if why is not None:
+                    unreadable[row["name"]] = why
                 if plan.job is not None and await _insert(conn, [plan.job], now, ["pending"], [0]):
                     enqueued.append(plan.job.id)
-                    await conn.execute("INSERT INTO queues (name) VALUES (%s) ON CONFLICT DO NOTHING", (entry.queue,))
+                    await conn.execute("INSERT INTO queues (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                                       (plan.job.queue,))
                 await conn.execute(
                     """UPDATE crons SET next_run_at = %s, last_run_at = coalesce(%s, last_run_at),
                               last_job_id = coalesce(%s, last_job_id) WHERE name = %s""",
                     (plan.next_run_at, None if plan.job is None else now, None if plan.job is None else plan.job.id,
-                     entry.name))
+                     row["name"]))
             rows = await _all(conn, "SELECT min(next_run_at) AS nxt FROM crons WHERE NOT paused")
         nxt = rows[0]["nxt"]
-        return enqueued, None if nxt is None else float(nxt)
+        return CronTick(enqueued, None if nxt is None else float(nxt), unreadable)
 
     async def webhook_add(self, url: str, *, events: Sequence[str], secret: str | None, now: float) -> int:
         rows = await self._rows("INSERT INTO webhooks (url, events, secret, created_at) VALUES (%s, %s, %s, %s) "

@@ -17,6 +17,7 @@ from queuectl.models import (
     Claim,
     Counts,
     CronEntry,
+    CronTick,
     EngineInfo,
     Finished,
     Job,
@@ -201,7 +202,7 @@ class SQLiteStore(Store):
     async def cron_set_paused(self, name: str, *, paused: bool, now: float) -> None:
         await self._run(sched.cron_set_paused, name, paused, now)
 
-    async def cron_tick(self, *, now: float) -> tuple[list[str], float | None]:
+    async def cron_tick(self, *, now: float) -> CronTick:
         return await self._run(sched.cron_tick, now)
 
     async def webhook_add(self, url: str, *, events: Sequence[str], secret: str | None, now: float) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 
 from queuectl import cron
 from queuectl.errors import ConflictError, NotFoundError
-from queuectl.models import CronEntry, JobState, QueueInfo, Webhook
+from queuectl.models import CronEntry, CronTick, JobState, QueueInfo, Webhook
 from queuectl.store import rules, sqlite_deps
 from queuectl.store.sqlite_tx import _chunks, _insert_one, _marks, _states_of, write_tx
 
@@ -145,28 +145,30 @@ def cron_set_paused(conn: sqlite3.Connection, name: str, paused: bool, now: floa
         conn.execute("UPDATE crons SET paused = ?, next_run_at = ? WHERE name = ?", (paused, next_run_at, name))
 
 
-def cron_tick(conn: sqlite3.Connection, now: float) -> tuple[list[str], float | None]:
+def cron_tick(conn: sqlite3.Connection, now: float) -> CronTick:
     """Enqueue the job of every entry that is due, advance each to its next due time, all in one transaction:
     an engine that ticks after another finds nothing due, so each due time enqueues exactly one job. Returns
     the ids enqueued and the next due time of any entry."""
     enqueued: list[str] = []
+    unreadable: dict[str, str] = {}
     soonest = conn.execute("SELECT min(next_run_at) FROM crons WHERE paused = 0").fetchone()[0]
     if soonest is None or soonest > now:  # nothing due: no write transaction (an idle engine ticks every few s)
-        return enqueued, None if soonest is None else float(soonest)
+        return CronTick(enqueued, None if soonest is None else float(soonest), unreadable)
     with write_tx(conn):
         for row in conn.execute("SELECT * FROM crons WHERE paused = 0 AND next_run_at <= ?", (now,)).fetchall():
-            entry = CronEntry.from_row(row)
-            plan = cron.plan(entry, now)
+            plan, why = cron.plan_row(row, now)
+            if why is not None:
+                unreadable[row["name"]] = why
             if plan.job is not None and conn.execute("SELECT 1 FROM jobs WHERE id = ?", (plan.job.id,)).fetchone() \
                     is None:
                 enqueued.append(_insert_one(conn, plan.job, now, "ignore"))
-                conn.execute("INSERT OR IGNORE INTO queues(name) VALUES (?)", (entry.queue,))
+                conn.execute("INSERT OR IGNORE INTO queues(name) VALUES (?)", (plan.job.queue,))
             conn.execute(
                 """UPDATE crons SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at),
                        last_job_id = COALESCE(?, last_job_id) WHERE name = ?""",
-                (plan.next_run_at, plan.job and now, plan.job and plan.job.id, entry.name))
+                (plan.next_run_at, plan.job and now, plan.job and plan.job.id, row["name"]))
         nxt = conn.execute("SELECT min(next_run_at) FROM crons WHERE paused = 0").fetchone()[0]
-    return enqueued, None if nxt is None else float(nxt)
+    return CronTick(enqueued, None if nxt is None else float(nxt), unreadable)
 
 
 # ---- webhooks -------------------------------------------------------------------------------------------------
