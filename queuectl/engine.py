@@ -158,20 +158,21 @@ class Engine:
                 self.log.emit("insecure", f"WARNING: {warning}", warning=warning)
             self.log.emit("engine_started", f"engine {self.id} started with {self.options.workers} worker(s)",
                           engine=self.id, workers=self.options.workers)
-            background = [
-                asyncio.create_task(self._every(self.options.heartbeat_interval_s, self._heartbeat), name="heartbeat"),
-                asyncio.create_task(self._every(self.options.recover_interval_s, self._recover), name="recovery"),
-                asyncio.create_task(self._every(self.options.change_poll_s, self._check_changes), name="change-watch"),
-                asyncio.create_task(self._every(self.options.retention_interval_s, self._retention), name="retention"),
-                asyncio.create_task(duties.cancel_watch(
+            duties_by_name: dict[str, Callable[[], Awaitable[None]]] = {
+                "heartbeat": lambda: self._every(self.options.heartbeat_interval_s, self._heartbeat),
+                "recovery": lambda: self._every(self.options.recover_interval_s, self._recover),
+                "change-watch": lambda: self._every(self.options.change_poll_s, self._check_changes),
+                "retention": lambda: self._every(self.options.retention_interval_s, self._retention),
+                "cancel-watch": lambda: duties.cancel_watch(
                     self.store, self.id, self._cancel_check, self._running, self._in_command, self._cancelling,
                     self._note_store_failure, self.options.cancel_check_min_interval_s, self.log),
-                    name="cancel-watch"),
-                asyncio.create_task(duties.cron_loop(
+                "cron": lambda: duties.cron_loop(
                     self.store, self._cron_wake, self._cron_enqueued, self._note_store_failure,
-                    self.options.max_sleep_s, self.log), name="cron"),
-                asyncio.create_task(self.notifier.sender.run(), name="webhooks"),
-            ]
+                    self.options.max_sleep_s, self.log),
+                "webhooks": self.notifier.sender.run,
+            }
+            background = [asyncio.create_task(self._keep(name, duty), name=name)
+                          for name, duty in duties_by_name.items()]
             self._workers = [asyncio.create_task(self._worker(), name=f"worker-{n}")
                              for n in range(self.options.workers)]
             await self._dispatch()
@@ -487,6 +488,21 @@ class Engine:
                           "job was given to another engine meanwhile", job=f.claim.job.id, attempt=f.claim.attempt)
 
     # ---- background duties ------------------------------------------------------------------------------------
+
+    async def _keep(self, name: str, duty: Callable[[], Awaitable[None]]) -> None:
+        """Run a background duty for as long as the engine runs. A fault of our own in it (not the store's: each
+        duty meets those) is logged and the duty started again, 1 s later, doubling to 60 s: a heartbeat that died
+        in silence would make this engine look gone, and its running jobs be recovered by another engine."""
+        pause_s = 1.0
+        while True:
+            try:
+                await duty()
+                return
+            except Exception as exc:
+                self.log.emit("internal_error", f"{name}: internal error: {exc!r}; starting it again in "
+                              f"{human_duration(pause_s)}", duty=name, error=repr(exc))
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, 60.0)
 
     async def _every(self, interval_s: float, duty: Callable[[], Awaitable[None]]) -> None:
         while True:

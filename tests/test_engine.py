@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from queuectl import jobspec
+from queuectl import jobspec, orphans
 from queuectl.api import Queue
 from queuectl.models import AttemptStatus, JobState
 from queuectl.procs import pid_alive
@@ -32,6 +32,7 @@ from tests.engine_helpers import (
     attempts,
     attempts_async,
     await_states,
+    await_until,
     cli,
     cli_bytes,
     cli_env,
@@ -696,3 +697,31 @@ def test_a_job_that_enqueues_a_follow_up_reaches_its_own_engines_queue(tmp_path:
     assert ran.returncode == 0, ran.stderr
     assert {j.id: j.state for j in jobs(tmp_path / "q").values()} == {"parent": COMPLETED, "child": COMPLETED}
     assert not default.exists()
+
+
+async def test_a_fault_in_a_background_duty_is_logged_and_the_duty_starts_again(home: Path, work: Path) -> None:
+    """An engines row whose pid is text (SQLite keeps what it is given) made the recovery sweep raise: the sweep
+    died in silence, and no job of an engine that died afterwards was ever recovered by this one."""
+    host = socket.gethostname()
+
+    def db_do(sql: str, params: tuple[object, ...] = ()) -> None:
+        with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
+            db.execute(sql, params)
+
+    register = "INSERT INTO engines(id, host, pid, workers, started_at, heartbeat_at) VALUES (?, ?, ?, 1, ?, ?)"
+    async with engine_in_process(home, workers=1, recover_interval_s=0.1) as (_engine, q, log):
+        db_do(register, (f"{host}-odd-x", host, "not-a-pid", time.time(), time.time()))
+        await await_until(lambda: "recovery: internal error: TypeError" in log.getvalue(), timeout=10,
+                          what="the sweep's fault in the log")
+        db_do("DELETE FROM engines WHERE id = ?", (f"{host}-odd-x",))
+        # Then an engine dies holding a job (its pid is one that no longer runs): the sweep, started again, finds it.
+        gone = await asyncio.create_subprocess_exec("true")
+        await gone.wait()
+        dead_id = orphans.engine_id(host, gone.pid, "gone")
+        await add(q, "held", "true", work, delay=3600)
+        db_do(register, (dead_id, host, gone.pid, time.time(), time.time()))
+        db_do("UPDATE jobs SET state = 'processing', engine_id = ?, runs = 1, run_at = ? WHERE id = 'held'",
+              (dead_id, time.time()))
+        found = await await_states(q, {"held": COMPLETED}, timeout=20)
+    assert found["held"].attempts == 1
+    assert "recovered 1 job(s)" in log.getvalue()
