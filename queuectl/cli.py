@@ -188,13 +188,16 @@ def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: s
     url = ctx().database_url
     if url is not None:  # what the jobs' own `queuectl` commands use (the engine adds QUEUECTL_HOME)
         os.environ["QUEUECTL_DATABASE_URL"] = url
-    if dashboard_port is None:
-        summary = call(lambda q: Engine(q.store, options, log).run())
-    else:
-        server = _dashboard_server()
-        summary = call(lambda q: server.engine_with_dashboard(q, Engine(q.store, options, log), port=dashboard_port,
-                                                              log=log))
-    log.emit("summary", summary.line(), completed=summary.completed, dead=summary.dead)
+    try:
+        if dashboard_port is None:
+            summary = call(lambda q: Engine(q.store, options, log).run())
+        else:
+            server = _dashboard_server()
+            summary = call(lambda q: server.engine_with_dashboard(
+                q, Engine(q.store, options, log), port=dashboard_port, log=log))
+        log.emit("summary", summary.line(), completed=summary.completed, dead=summary.dead)
+    finally:  # the engine's last lines before any error line of ours
+        log.close()
 
 
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="Jobs run at once.")]

@@ -346,3 +346,21 @@ async def test_jobs_of_a_live_engine_on_another_host_are_left_alone(home: Path, 
     found = (await jobs_async(home))["remote"]
     assert found.state == PROCESSING
     assert found.engine_id == fake_id
+
+
+def test_an_engine_whose_log_nobody_reads_goes_on_running_jobs_and_stops_on_sigint(home: Path, work: Path) -> None:
+    """`queuectl run 2>&1 | less` left unscrolled, or a terminal paused with Ctrl-S: the log's pipe fills after some
+    hundreds of jobs. Before, the engine then froze (no job ran or was recorded, SIGINT went unanswered)."""
+    n = 1500  # two lines each, ~100 bytes: well past the 64 KiB a pipe holds
+    enqueue_many(home, ({"id": f"j{i}", "command": "true"} for i in range(n)), cwd=work)
+    engine = subprocess.Popen([*QUEUECTL, "run", "--workers", "4"], env=cli_env(home), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)  # read by nobody until the end
+    try:
+        wait_until(lambda: all(j.state == COMPLETED for j in jobs(home).values()), timeout=60,
+                   what=f"{n} jobs completed while the engine's log was not read")
+        engine.send_signal(signal.SIGINT)
+        assert engine.wait(timeout=30) == 0
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+        engine.communicate(timeout=30)

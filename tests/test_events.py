@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
+import threading
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,3 +36,39 @@ def test_a_json_line_carries_the_stamp_and_the_fields() -> None:
     line = json.loads(out.getvalue())
     assert line["event"] == "completed" and line["job"] == "j1" and line["attempt"] == 2
     assert line["ts"].endswith("Z") and len(line["ts"]) == len("2026-01-01T00:00:00.000Z")
+
+
+def test_a_blocked_output_never_blocks_the_engine_and_what_piles_up_past_the_cap_is_counted() -> None:
+    """A terminal paused with Ctrl-S or a pipe nobody reads: a write blocks. Before, it blocked the event loop."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+    os.set_blocking(write_fd, False)
+    filler = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler += os.write(write_fd, b"x" * 512)
+    os.set_blocking(write_fd, True)  # full: the next write blocks until someone reads
+    stream = os.fdopen(write_fd, "w")
+    log = EventLog(stream=stream, max_pending_lines=5)
+    emitting = threading.Thread(target=lambda: [log.emit("e", f"line {n}") for n in range(50)])
+    emitting.start()
+    emitting.join(10)
+    assert not emitting.is_alive(), "emit() blocked on the full pipe"
+    received = bytearray()
+    reading = threading.Thread(target=lambda: _read_to_eof(read_fd, received))
+    reading.start()
+    log.close(wait_s=10)
+    stream.close()
+    reading.join(10)
+    lines = bytes(received[filler:]).decode().splitlines()
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in lines if " line " in line]
+    [marker] = [line for line in lines if "dropped while the log's output was blocked" in line]
+    dropped = int(marker.split()[1])
+    assert dropped > 0 and len(numbers) + dropped == 50
+    assert numbers == sorted(numbers) and numbers[0] == 0  # in order, the oldest kept
+
+
+def _read_to_eof(fd: int, into: bytearray) -> None:
+    while chunk := os.read(fd, 65536):
+        into += chunk
+    os.close(fd)
