@@ -172,20 +172,17 @@ class Queue:
 
     async def delete(self, job_ids: Sequence[str]) -> list[str]:
         deleted = await self.store.delete(job_ids)
-        self._remove_logs(deleted)
+        paths.remove_logs(self.home, deleted)
         await self._wake()
-        return deleted
+        return list(deleted)
 
     async def purge(self, state: JobState, *, older_than_s: float | None = None) -> list[str]:
         if state not in TERMINAL_STATES:
             raise ValidationError(f"purge takes --state completed, dead or cancelled; got {state}")
         before = None if older_than_s is None else time.time() - older_than_s
         purged = await self.store.purge(state, finished_before=before)
-        self._remove_logs(purged)
-        return purged
-
-    def _remove_logs(self, job_ids: Sequence[str]) -> None:
-        paths.remove_logs(self.home, job_ids)
+        paths.remove_logs(self.home, purged)
+        return list(purged)
 
     # ---- queues, pause, cancel, wait -------------------------------------------------------------------------
 

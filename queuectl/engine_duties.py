@@ -93,11 +93,11 @@ async def retention_sweep(store: Store, home: Path, settings: Settings, now: flo
         if keep_s is None:
             continue
         while True:
-            ids = await store.purge(state, finished_before=now - keep_s, limit=RETENTION_BATCH)
-            paths.remove_logs(home, ids)
-            if ids:
-                deleted[state] = deleted.get(state, 0) + len(ids)
-            if len(ids) < RETENTION_BATCH:
+            purged = await store.purge(state, finished_before=now - keep_s, limit=RETENTION_BATCH)
+            if purged:  # a few thousand unlink() calls: not in the event loop's thread
+                await asyncio.to_thread(paths.remove_logs, home, purged)
+                deleted[state] = deleted.get(state, 0) + len(purged)
+            if len(purged) < RETENTION_BATCH:
                 break
             await asyncio.sleep(0)  # let the workers' claims and results in between batches
     return deleted

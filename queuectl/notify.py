@@ -73,7 +73,7 @@ class Notifier:
         if outcome is not None and outcome.log_path:
             _ensure_exists(Path(outcome.log_path))  # a command that printed nothing has no log file; the hook gets one
         setting = _HOOK_OF[event].replace("_", "-")
-        log_path = paths.attempt_log_path(self.home, job.id, attempt).with_suffix(f".{setting}.log")
+        log_path = paths.hook_log_path(self.home, job.id, attempt, setting)
         async with self._slots:
             result = await hooks.run_hook(template, env, log_path=log_path, timeout_s=HOOK_TIMEOUT_S, cwd=job.cwd)
         if not result.succeeded:

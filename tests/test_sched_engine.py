@@ -339,6 +339,21 @@ def test_webhook_gets_a_signed_post_when_a_job_dies(home: Path, work: Path) -> N
 # ---- retention --------------------------------------------------------------------------------------------------
 
 
+async def test_deleting_a_job_removes_each_of_its_logs_and_no_other_jobs(home: Path, work: Path) -> None:
+    """Logs are removed by name (job id, attempt number, hook): a job that ran twice and whose on-dead hook ran has
+    three, and a job whose id starts with the same characters keeps its own."""
+    await configure(home, max_retries="1", backoff_base="1.01", on_dead="echo hook ran")
+    async with Queue(home) as q:
+        await add(q, "j", "echo out; exit 1", work)
+        await add(q, "j1", "echo other", work)
+    await run_until_idle(home, timeout=30)
+    logs = home / "logs"
+    assert {p.name for p in logs.iterdir()} == {"j#1.log", "j#2.log", "j#2.on-dead.log", "j1#1.log"}
+    async with Queue(home) as q:
+        assert await q.delete(["j"]) == ["j"]
+    assert {p.name for p in logs.iterdir()} == {"j1#1.log"}
+
+
 async def test_engine_deletes_finished_jobs_past_their_retention_with_their_logs(home: Path, work: Path) -> None:
     await configure(home, max_retries="0", retain_completed="1s", retain_dead="1h")
     async with Queue(home) as q:

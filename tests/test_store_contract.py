@@ -551,7 +551,8 @@ async def test_retry_dead_of_a_job_that_is_not_dead_is_conflict_and_changes_noth
 async def test_delete_removes_jobs_and_their_attempts(store: Store) -> None:
     await _dead(store, "d1")
     await store.enqueue([job("p1"), job("keep")], now=NOW)
-    assert sorted(await store.delete(["d1", "p1"])) == ["d1", "p1"]
+    # Each with its last attempt number (the caller removes the attempts' logs by name), in the order given.
+    assert await store.delete(["p1", "d1"]) == {"p1": 0, "d1": 1}
     for gone in ("d1", "p1"):
         with pytest.raises(NotFoundError):
             await store.get(gone)
@@ -584,10 +585,10 @@ async def test_purge_deletes_only_the_given_terminal_state(store: Store) -> None
     await store.enqueue([job("c1"), job("c2"), job("p1")], now=NOW)
     for claim in await store.claim_due("e1", now=NOW, limit=2):
         assert await store.complete(claim, "e1", outcome(0))
-    assert sorted(await store.purge(JobState.COMPLETED, finished_before=None)) == ["c1", "c2"]
+    assert await store.purge(JobState.COMPLETED, finished_before=None) == {"c1": 1, "c2": 1}
     assert await by_state(store) == expect(pending=1, dead=1)
-    assert await store.purge(JobState.COMPLETED, finished_before=None) == []
-    assert await store.purge(JobState.DEAD, finished_before=None) == ["d1"]
+    assert await store.purge(JobState.COMPLETED, finished_before=None) == {}
+    assert await store.purge(JobState.DEAD, finished_before=None) == {"d1": 1}
     assert await by_state(store) == expect(pending=1)
 
 
@@ -596,7 +597,7 @@ async def test_purge_older_than_keeps_recently_finished_jobs(store: Store) -> No
     old, new = await store.claim_due("e1", now=NOW, limit=2)
     assert await store.complete(old, "e1", outcome(0, started=NOW - 1000, took=1))
     assert await store.complete(new, "e1", outcome(0, started=NOW, took=1))
-    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500) == ["old"]
+    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500) == {"old": 1}
     assert [j.id for j in await store.list_jobs()] == ["new"]
     with pytest.raises(NotFoundError):
         await store.get("old")
@@ -608,10 +609,8 @@ async def test_purge_with_a_limit_deletes_the_oldest_enqueued_first_in_batches(s
     for claim in claims:
         started = NOW if claim.job.id == "young" else NOW - 1000
         assert await store.complete(claim, "e1", outcome(0, started=started, took=1))
-    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == ["c0", "c1"]
-    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == ["c2", "c3"]
-    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == ["c4"]
-    assert await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2) == []
+    batches = [list(await store.purge(JobState.COMPLETED, finished_before=NOW - 500, limit=2)) for _ in range(4)]
+    assert batches == [["c0", "c1"], ["c2", "c3"], ["c4"], []]
     assert [j.id for j in await store.list_jobs()] == ["young"]
 
 

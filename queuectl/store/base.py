@@ -129,16 +129,17 @@ class Store(abc.ABC):
         NotFoundError for an unknown id, ConflictError for a job that is not dead; then nothing changes."""
 
     @abc.abstractmethod
-    async def delete(self, job_ids: Sequence[str]) -> list[str]:
+    async def delete(self, job_ids: Sequence[str]) -> dict[str, int]:
         """Delete jobs and their attempts. NotFoundError for an unknown id, ConflictError for a processing
-        job; then nothing changes. Returns the ids deleted."""
+        job; then nothing changes. Returns the ids deleted, in the order given, each with its last attempt
+        number (its runs: the caller removes the attempts' log files by name)."""
 
     @abc.abstractmethod
     async def purge(
         self, state: JobState, *, finished_before: float | None, limit: int | None = None
-    ) -> list[str]:
+    ) -> dict[str, int]:
         """Delete jobs in a terminal state (finished before the given time if set), at most `limit` of them, the
-        oldest enqueued first. Returns their ids."""
+        oldest enqueued first. Returns their ids, oldest first, each with its last attempt number (as delete)."""
 
     # ---- jobs: reading -------------------------------------------------------------------------------
 

@@ -282,7 +282,7 @@ class PostgresStore(PostgresSched):
                 raise ConflictError("cannot retry: a job with the same unique key is active now") from None
         return ids
 
-    async def delete(self, job_ids: Sequence[str]) -> list[str]:
+    async def delete(self, job_ids: Sequence[str]) -> dict[str, int]:
         ids = list(job_ids)
         async with self._conn() as conn, conn.transaction():
             _check_ids(ids, await lock_states(conn, ids), lambda s: s != JobState.PROCESSING, "deleted while it runs")
@@ -290,22 +290,23 @@ class PostgresStore(PostgresSched):
             if waiting is not None:
                 raise ConflictError(f"job {waiting[0]!r} cannot be deleted: job {waiting[1]!r} runs after it "
                                     "(cancel or delete that one first)")
-            await conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
-        return ids
+            cur = await conn.execute("DELETE FROM jobs WHERE id = ANY(%s) RETURNING id, runs", (ids,))
+            runs = {row["id"]: row["runs"] for row in await cur.fetchall()}
+        return {job_id: runs[job_id] for job_id in ids}
 
     async def purge(
         self, state: JobState, *, finished_before: float | None, limit: int | None = None
-    ) -> list[str]:
+    ) -> dict[str, int]:
         cond = "state = %(state)s" + ("" if finished_before is None else
                                       " AND coalesce(finished_at, updated_at) < %(before)s")
         params = {"state": state.value, "before": finished_before, "limit": limit}
         if limit is None:
-            rows = await self._rows(f"DELETE FROM jobs WHERE {cond} RETURNING seq, id", params)
+            rows = await self._rows(f"DELETE FROM jobs WHERE {cond} RETURNING seq, id, runs", params)
         else:  # a bounded batch, oldest first; engines sweeping at once skip each other's rows
             rows = await self._rows(
                 f"""DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE {cond} ORDER BY seq LIMIT %(limit)s
-                    FOR UPDATE SKIP LOCKED) RETURNING seq, id""", params)
-        return [r["id"] for r in sorted(rows, key=lambda r: r["seq"])]
+                    FOR UPDATE SKIP LOCKED) RETURNING seq, id, runs""", params)
+        return {r["id"]: r["runs"] for r in sorted(rows, key=lambda r: r["seq"])}
 
     # ---- jobs: reading -------------------------------------------------------------------------------------------
 

@@ -137,12 +137,12 @@ class SQLiteStore(Store):
     async def retry_dead(self, job_ids: Sequence[str] | None, *, now: float) -> list[str]:
         return await self._run(ops.retry_dead, job_ids, now)
 
-    async def delete(self, job_ids: Sequence[str]) -> list[str]:
+    async def delete(self, job_ids: Sequence[str]) -> dict[str, int]:
         return await self._run(ops.delete, job_ids)
 
     async def purge(
         self, state: JobState, *, finished_before: float | None, limit: int | None = None
-    ) -> list[str]:
+    ) -> dict[str, int]:
         return await self._run(ops.purge, state, finished_before, limit)
 
     async def get(self, job_id: str) -> Job:

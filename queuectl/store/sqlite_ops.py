@@ -263,7 +263,7 @@ def retry_dead(conn: sqlite3.Connection, ids: Sequence[str] | None, now: float) 
     return list(ids)
 
 
-def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
+def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
     with write_tx(conn):
         _check_ids(conn, ids, lambda s: s != JobState.PROCESSING, "deleted while it runs")
         waiting = sqlite_deps.waiting_dependants(conn, ids)
@@ -271,23 +271,24 @@ def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
             dep, dependant = next(iter(waiting.items()))
             raise ConflictError(f"job {dep!r} cannot be deleted: job {dependant!r} runs after it "
                                 f"(cancel or delete that one first)")
+        runs: dict[str, int] = {}
         for part in _chunks(ids):
-            conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(len(part))})", part)
-    return list(ids)
+            runs.update(conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(len(part))}) RETURNING id, runs", part))
+    return {job_id: runs[job_id] for job_id in ids}
 
 
 def purge(
     conn: sqlite3.Connection, state: JobState, finished_before: float | None, limit: int | None = None
-) -> list[str]:
+) -> dict[str, int]:
     cond = "state = ?" + ("" if finished_before is None else " AND COALESCE(finished_at, updated_at) < ?")
     params: tuple[object, ...] = (state,) if finished_before is None else (state, finished_before)
     with write_tx(conn):
         if limit is None:
-            rows = conn.execute(f"DELETE FROM jobs WHERE {cond} RETURNING id", params)
+            rows = conn.execute(f"DELETE FROM jobs WHERE {cond} RETURNING seq, id, runs", params)
         else:  # oldest first, a bounded batch: the write lock is held only briefly
             rows = conn.execute(f"""DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE {cond}
-                                    ORDER BY seq LIMIT ?) RETURNING id""", (*params, limit))
-        return [r["id"] for r in rows.fetchall()]
+                                    ORDER BY seq LIMIT ?) RETURNING seq, id, runs""", (*params, limit))
+        return {r["id"]: r["runs"] for r in sorted(rows.fetchall(), key=lambda r: r["seq"])}
 
 
 def get(conn: sqlite3.Connection, job_id: str) -> Job:
