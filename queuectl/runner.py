@@ -106,8 +106,10 @@ async def run_command(
                 sink.close()
                 raise ResourceShortage(exc.strerror or str(exc)) from None
             reason = f"cannot start: {exc.strerror or exc}"
-            if isinstance(exc, FileNotFoundError | NotADirectoryError) and not os.path.isdir(cwd):  # noqa: ASYNC240 - only on a failed start
-                reason = f"cannot start: working directory {cwd} does not exist"
+            if exc.filename == cwd:  # the command's chdir() failed (else /bin/sh, say, could not be run)
+                reason = f"cannot start: working directory {cwd} " + {
+                    errno.ENOENT: "does not exist", errno.ENOTDIR: "is not a directory"}.get(
+                    exc.errno or 0, f"cannot be entered: {exc.strerror}")
             sink.write(f"queuectl: {reason}\n".encode())
             sink.close()
             return Outcome(exit_code=None, error=reason, output_tail=reason, log_path=str(log_path),

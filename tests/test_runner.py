@@ -94,6 +94,15 @@ async def test_missing_cwd_cannot_start_and_is_recorded(tmp_path: Path) -> None:
     assert str(missing) in outcome.output_tail
 
 
+async def test_a_working_directory_that_is_a_file_cannot_start_and_says_so(tmp_path: Path) -> None:
+    """Before, it said "does not exist" of a path that exists."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    outcome = await run("true", not_a_dir, tmp_path / "a.log")
+    assert outcome.exit_code is None and not outcome.succeeded
+    assert outcome.error == f"cannot start: working directory {not_a_dir} is not a directory"
+
+
 async def test_out_of_files_is_a_shortage_not_an_outcome_and_starts_nothing(tmp_path: Path) -> None:
     """The command is not at fault: the caller (the engine) tries it again later without counting the attempt."""
     marker = tmp_path / "ran"
