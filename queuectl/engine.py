@@ -83,6 +83,7 @@ class Engine:
         # was given --home rather than QUEUECTL_HOME; absolute, since jobs run in other directories.
         self._base_env[b"QUEUECTL_HOME"] = os.fsencode(str(options.home.absolute()))
         self._engine_mark = {os.fsencode(orphans.ENGINE_ENV): os.fsencode(self.id)}
+        self._engine_mark_entry = os.fsencode(f"{orphans.ENGINE_ENV}={self.id}")
         self._logs_dir = str(options.home / LOGS_DIR)
         self.notifier = Notifier(options.home, self.log)
         #: Worker task running each job's command, while it runs: `queuectl cancel` cancels that task.
@@ -408,8 +409,11 @@ class Engine:
         self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {one_line(job.command, 60)}",
                       job=job.id, attempt=claim.attempt, command=job.command)
         # The job's own variables cannot hide ours: the engine mark is how a dead engine's commands are found.
+        job_id, attempt = os.fsencode(job.id), b"%d" % claim.attempt
         env = {**self._base_env, **{os.fsencode(k): os.fsencode(v) for k, v in job.env.items()},
-               b"QUEUECTL_JOB_ID": os.fsencode(job.id), b"QUEUECTL_ATTEMPT": b"%d" % claim.attempt, **self._engine_mark}
+               b"QUEUECTL_JOB_ID": job_id, b"QUEUECTL_ATTEMPT": attempt, **self._engine_mark}
+        # What finds this attempt's processes that left its group, when it is timed out, cancelled or stopped.
+        marks = (self._engine_mark_entry, b"QUEUECTL_JOB_ID=" + job_id, b"QUEUECTL_ATTEMPT=" + attempt)
         started_at = time.time()
         log_path = attempt_log_file(self._logs_dir, job.id, claim.attempt)
         self._in_command[job.id] = task
@@ -417,7 +421,7 @@ class Engine:
             try:
                 outcome = await run_command(
                     job.command, cwd=job.cwd, env=env, timeout_s=timeout_s, log_path=log_path,
-                    kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes)
+                    kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes, marks=marks)
             finally:
                 del self._in_command[job.id]  # from here on, a cancel request no longer reaches this task
         except ResourceShortage as exc:

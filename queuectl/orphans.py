@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 
-from queuectl.procs import pid_alive, start_time
+from queuectl.procs import environ, pid_alive, start_time
 
 ENGINE_ENV = "QUEUECTL_ENGINE_ID"
 _ENGINE_PREFIX = f"{ENGINE_ENV}=".encode()
@@ -30,14 +30,6 @@ def _host_and_pid(engine: str) -> tuple[str, int | None]:
     return host, int(pid) if pid.isdigit() else None
 
 
-def _environ(pid: str) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:  # gone meanwhile, or another user's
-        return []
-
-
 def kill_leftovers(host: str, own_id: str) -> list[str]:
     """Kill the process groups of jobs started by dead engines of this host; returns those jobs' ids."""
     groups: dict[int, str] = {}
@@ -50,7 +42,7 @@ def kill_leftovers(host: str, own_id: str) -> list[str]:
     except OSError:
         return []
     for pid in pids:
-        env = _environ(pid)
+        env = environ(pid)
         engine = next((v[len(_ENGINE_PREFIX):].decode(errors="replace") for v in env if v.startswith(_ENGINE_PREFIX)),
                       None)
         if engine is None or engine == own_id:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Collection
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -58,3 +60,32 @@ def pid_alive(pid: int, *, started_by: float | None = None) -> bool:
         if started is not None and started > started_by + 1.0:
             return False
     return True
+
+
+def environ(pid: str) -> list[bytes]:
+    """The environment the process was started with, as "KEY=value" entries ([] if gone, or another user's)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def marked_groups(marks: Collection[bytes]) -> set[int]:
+    """The process groups of the processes whose environment holds every one of marks ("KEY=value"), but this
+    process's own group: how a job's processes are found after some left its group (setsid)."""
+    if not marks:
+        return set()
+    own = os.getpgrp()
+    groups: set[int] = set()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return groups
+    for pid in pids:
+        env = environ(pid)
+        if env and all(mark in env for mark in marks):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                groups.add(os.getpgid(int(pid)))
+    groups.discard(own)
+    return groups

@@ -1,5 +1,6 @@
 """Run one shell command: its own session and process group, its output copied to a log file (see logsink), a
-timeout that terminates the whole group (SIGTERM, a grace period, SIGKILL). Knows nothing of the store."""
+timeout that terminates the whole group (SIGTERM, a grace period, SIGKILL), and with it the processes that left the
+group (setsid, daemons) but carry the command's marks in their environment. Knows nothing of the store."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from queuectl.aio import finish_even_if_cancelled
 from queuectl.logsink import LogSink
 from queuectl.models import Outcome
+from queuectl.procs import marked_groups
 
 _devnull: int | None = None
 
@@ -56,19 +58,34 @@ def kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def terminate_group(proc: asyncio.subprocess.Process, kill_grace_s: float) -> None:
+async def terminate_group(
+    proc: asyncio.subprocess.Process, kill_grace_s: float, marks: Collection[bytes] = ()
+) -> None:
     """SIGTERM to the whole group, wait up to kill_grace_s for the leader, then SIGKILL the group: a child
-    that ignores SIGTERM, or one the leader left behind, does not survive either way. Completes even if the
-    caller is cancelled, so that a stop never leaves the group running or the leader unreaped."""
-    await finish_even_if_cancelled(_terminate(proc, kill_grace_s))
+    that ignores SIGTERM, or one the leader left behind, does not survive either way. So do the groups of the
+    processes whose environment holds every one of marks (the command's, started with them: a descendant that
+    left the group with setsid still carries them). Completes even if the caller is cancelled, so that a stop
+    never leaves the group running or the leader unreaped."""
+    await finish_even_if_cancelled(_terminate(proc, kill_grace_s, marks))
 
 
-async def _terminate(proc: asyncio.subprocess.Process, kill_grace_s: float) -> None:
+async def _terminate(proc: asyncio.subprocess.Process, kill_grace_s: float, marks: Collection[bytes]) -> None:
     kill_group(proc.pid, signal.SIGTERM)
+    escaped = await _escaped(proc.pid, marks)  # a /proc scan: in a thread, and only when a command is stopped
+    for group in escaped:
+        kill_group(group, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), kill_grace_s)
     kill_group(proc.pid, signal.SIGKILL)
+    for group in escaped | await _escaped(proc.pid, marks):  # and any that left meanwhile
+        kill_group(group, signal.SIGKILL)
     await proc.wait()
+
+
+async def _escaped(own_group: int, marks: Collection[bytes]) -> set[int]:
+    if not marks:
+        return set()
+    return await asyncio.to_thread(marked_groups, marks) - {own_group}
 
 
 async def run_command(
@@ -80,6 +97,7 @@ async def run_command(
     timeout_s: float | None,
     kill_grace_s: float,
     log_max_bytes: int = 0,
+    marks: Collection[bytes] = (),
 ) -> Outcome:
     """Run to the end (or the timeout) and describe what happened. Never raises for the command's faults;
     on cancellation the process group is terminated before CancelledError propagates. Raises ResourceShortage
@@ -115,7 +133,7 @@ async def run_command(
             return Outcome(exit_code=None, error=reason, output_tail=reason, log_path=str(log_path),
                            started_at=started_at, finished_at=time.time())
         sink.attach()
-        timed_out = await _wait(proc, timeout_s, kill_grace_s)
+        timed_out = await _wait(proc, timeout_s, kill_grace_s, marks)
     finally:
         tail = sink.finish()
     code = proc.returncode
@@ -128,14 +146,16 @@ async def run_command(
                    started_at=started_at, finished_at=time.time())
 
 
-async def _wait(proc: asyncio.subprocess.Process, timeout_s: float | None, kill_grace_s: float) -> bool:
+async def _wait(
+    proc: asyncio.subprocess.Process, timeout_s: float | None, kill_grace_s: float, marks: Collection[bytes]
+) -> bool:
     """Wait for the command; True if it was timed out (and its group terminated)."""
     try:
         await asyncio.wait_for(proc.wait(), timeout_s)
     except TimeoutError:
-        await terminate_group(proc, kill_grace_s)
+        await terminate_group(proc, kill_grace_s, marks)
         return True
     except asyncio.CancelledError:
-        await terminate_group(proc, kill_grace_s)
+        await terminate_group(proc, kill_grace_s, marks)
         raise
     return False

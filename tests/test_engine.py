@@ -725,3 +725,16 @@ async def test_a_fault_in_a_background_duty_is_logged_and_the_duty_starts_again(
         found = await await_states(q, {"held": COMPLETED}, timeout=20)
     assert found["held"].attempts == 1
     assert "recovered 1 job(s)" in log.getvalue()
+
+
+async def test_a_timed_out_job_loses_the_daemons_it_started_too(home: Path, work: Path) -> None:
+    """A daemon (setsid) leaves the job's process group; the engine finds it by the job's variables on timeout."""
+    pids = work / "pids"
+    async with Queue(home) as q:
+        await add(q, "daemonizes", f"setsid sh -c 'echo $$ >> {pids}; exec sleep 300' & echo $$ >> {pids}; sleep 300",
+                  work, timeout=1, max_retries=0)
+    _summary, log = await run_until_idle(home, timeout=30)
+    assert "daemonizes timed out after 1s" in log
+    seen = read_pids(pids)
+    assert len(seen) == 2
+    await asyncio.to_thread(wait_pids_gone, seen, timeout=5)
