@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import select
 import sys
 import threading
 import time
@@ -135,8 +136,10 @@ class _Writer:
         if not lines:
             return
         data = memoryview("".join(lines).encode("utf-8", "backslashreplace"))  # as sys.stderr does
-        try:
-            while data:
+        while data:
+            try:
                 data = data[os.write(self._fd, data):]
-        except OSError:  # a closed or broken log pipe must never stop the engine
-            pass
+            except BlockingIOError:  # an output its owner made non-blocking: wait until it takes more
+                select.select([], [self._fd], [], 1.0)
+            except OSError:  # a closed or broken log pipe must never stop the engine
+                return

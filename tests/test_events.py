@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from queuectl.events import EventLog
 from queuectl.timefmt import iso
+from tests.helpers import wait_until
 
 # Whole seconds, milliseconds on a rounding edge, and arbitrary floats up to the year 2100.
 times = st.one_of(
@@ -72,3 +73,29 @@ def _read_to_eof(fd: int, into: bytearray) -> None:
     while chunk := os.read(fd, 65536):
         into += chunk
     os.close(fd)
+
+
+def test_lines_reach_an_output_its_owner_made_non_blocking_once_it_takes_more() -> None:
+    """A process manager may hand the engine a non-blocking stderr: a full pipe then refuses a write (EAGAIN)
+    instead of blocking it. Those lines were lost."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    filler = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler += os.write(write_fd, b"x" * 512)
+    stream = os.fdopen(write_fd, "w")
+    log = EventLog(stream=stream)
+    for n in range(3):
+        log.emit("e", f"line {n}")
+    writer = log._writer
+    assert writer is not None
+    wait_until(lambda: not writer._lines, 10)  # taken by the writer: it has met the full pipe
+    received = bytearray()
+    reading = threading.Thread(target=lambda: _read_to_eof(read_fd, received))
+    reading.start()
+    log.close(wait_s=10)
+    stream.close()
+    reading.join(10)
+    assert [line.rsplit(" ", 2)[1:] for line in bytes(received[filler:]).decode().splitlines()] == [
+        ["line", "0"], ["line", "1"], ["line", "2"]]
