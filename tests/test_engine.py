@@ -738,3 +738,14 @@ async def test_a_timed_out_job_loses_the_daemons_it_started_too(home: Path, work
     seen = read_pids(pids)
     assert len(seen) == 2
     await asyncio.to_thread(wait_pids_gone, seen, timeout=5)
+
+
+@pytest.mark.parametrize("closed", ["2>&-", ">&- 2>&- <&-"])
+def test_an_engine_started_with_its_stdio_closed_runs_its_jobs(home: Path, work: Path, closed: str) -> None:
+    """`queuectl run 2>&-`: Python's sys.stderr is None then, and the engine failed to start (exit 1, in silence)."""
+    enqueue(home, "echo hi", id="j1", cwd=work)
+    ran = subprocess.run(["sh", "-c", f'exec "$@" {closed}', "sh", *QUEUECTL, "run", "--until-idle"],
+                         env=cli_env(home), capture_output=True, timeout=60, check=False)
+    assert ran.returncode == 0
+    assert job(home, "j1").state == COMPLETED
+    assert (home / "logs" / "j1#1.log").read_text() == "hi\n"
