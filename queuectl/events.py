@@ -35,7 +35,8 @@ class EventLog:
     def __init__(self, fmt: str = "text", stream: TextIO | None = None, *,
                  max_pending_lines: int = MAX_PENDING_LINES) -> None:
         self.fmt = fmt
-        self.stream = stream if stream is not None else sys.stderr
+        # sys.stderr is None when the process started with it closed (the CLI gives it /dev/null first).
+        self.stream = stream if stream is not None else (sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
         self._second = -1
         self._prefix = ""
         fd = _fileno(self.stream)
