@@ -95,6 +95,7 @@ class _Writer:
         self._dropped = 0  # by put()
         self._reported = 0  # by the thread
         self._wake = threading.Event()
+        self._closed = threading.Event()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="queuectl-log", daemon=True)
         self._thread.start()
@@ -112,14 +113,16 @@ class _Writer:
         if self._closing:  # closed already (the atexit call after the engine's own)
             return
         self._closing = True
+        self._closed.set()
         self._wake.set()
         self._thread.join(wait_s)
 
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            if not self._closing:
-                time.sleep(_BATCH_S)
+            # A pause for a burst to gather, cut short by close(). Not time.sleep(): under libfaketime (the clock
+            # tests) it fails with EINVAL, and the thread died with it, leaving the engine without a log.
+            self._closed.wait(_BATCH_S)
             self._wake.clear()
             self._write_pending()
             if self._closing and not self._lines:
