@@ -25,8 +25,10 @@ from queuectl.timefmt import iso
 
 #: Lines kept while the log's output is blocked (~1-2 MB); later ones are counted and dropped.
 MAX_PENDING_LINES = 10_000
-#: The writer lets a burst of lines gather for this long, then writes them at once.
-_BATCH_S = 0.002
+#: The writer lets a burst of lines gather for this long, then writes them at once. Each wake of the thread takes
+#: the GIL from the event loop: waking every 2 ms cost the engine ~40 us of CPU per `true` job (4 workers, median
+#: of 5 interleaved runs), every 20 ms nothing measurable. A line reaches the output at most 20 ms late.
+_BATCH_S = 0.02
 #: At exit, how long the last lines may take to get out.
 _CLOSE_WAIT_S = 2.0
 
