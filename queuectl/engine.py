@@ -47,6 +47,7 @@ class Engine:
         self.store = store
         self.options = options
         self.log = log or EventLog()
+        self._owns_log = log is None  # then run() closes it (its writer thread) when it returns
         self.host = socket.gethostname()
         self.id = orphans.engine_id(self.host, os.getpid(), secrets.token_hex(4))
         self.summary = Summary()
@@ -198,6 +199,8 @@ class Engine:
                 self._grace_timer.cancel()
             logsink.close_lingering()
             undo_watcher()
+            if self._owns_log:
+                self.log.close()
         if self._fatal is not None:
             raise self._fatal
         return self.summary

@@ -8,10 +8,13 @@ import io
 import json
 import os
 import threading
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from queuectl.api import Queue
+from queuectl.engine import Engine, EngineOptions
 from queuectl.events import EventLog
 from queuectl.timefmt import iso
 from tests.helpers import wait_until
@@ -99,3 +102,11 @@ def test_lines_reach_an_output_its_owner_made_non_blocking_once_it_takes_more() 
     reading.join(10)
     assert [line.rsplit(" ", 2)[1:] for line in bytes(received[filler:]).decode().splitlines()] == [
         ["line", "0"], ["line", "1"], ["line", "2"]]
+
+
+async def test_an_engine_closes_the_log_it_made_itself(tmp_path: Path) -> None:
+    """Engine(store, options) without a log writes to stderr through a thread: run() must not leave it behind."""
+    async with Queue(tmp_path) as q:
+        before = {t.ident for t in threading.enumerate()}
+        await Engine(q.store, EngineOptions(home=tmp_path, until_idle=True)).run(handle_signals=False)
+    assert [t.name for t in threading.enumerate() if t.ident not in before and t.name == "queuectl-log"] == []
