@@ -39,6 +39,9 @@ from queuectl.textfmt import one_line
 from queuectl.timefmt import human_duration
 
 T = TypeVar("T")
+#: Each starts a graceful stop (a second, a fast one). SIGHUP: the engine's terminal was closed; by default it would
+#: kill the engine outright, leaving its running jobs' results unrecorded (they would run again).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 __all__ = ["Engine", "EngineOptions", "Summary", "install_child_watcher"]
 
 
@@ -122,12 +125,12 @@ class Engine:
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop)
 
     def _remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
 
     # ---- the run ----------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def running_ids(home: Path) -> set[str]:
 # ---- graceful stop --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_graceful_stop_claims_nothing_new_lets_running_jobs_finish_and_exits_0(
     home: Path, work: Path, engines: Engines, sig: signal.Signals
 ) -> None:
