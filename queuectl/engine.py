@@ -99,6 +99,7 @@ class Engine:
         #: nothing is claimed because of them (0: claiming).
         self._shortages = 0
         self._resume_at = 0.0
+        self._signals: list[signal.Signals] = []
 
     # ---- stopping --------------------------------------------------------------------------------------------
 
@@ -125,12 +126,15 @@ class Engine:
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in _STOP_SIGNALS:
+        # Not a SIGHUP ignored from the start (`nohup queuectl run`): whoever started us asked for that.
+        self._signals = [sig for sig in _STOP_SIGNALS
+                         if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN]
+        for sig in self._signals:
             loop.add_signal_handler(sig, self.request_stop)
 
     def _remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in _STOP_SIGNALS:
+        for sig in self._signals:
             loop.remove_signal_handler(sig)
 
     # ---- the run ----------------------------------------------------------------------------------------------
