@@ -58,10 +58,27 @@ def hook_log_path(home: Path, job_id: str, attempt: int, hook: str) -> Path:
     return Path(f"{home / LOGS_DIR}/{job_id}#{attempt}.{hook}.log")
 
 
+#: Past this many possible log names, remove_logs scans the directory instead of trying each name.
+_SCAN_ABOVE_NAMES = 50_000
+
+
 def remove_logs(home: Path, attempts_by_job: Mapping[str, int]) -> None:
-    """Delete every log of these jobs (job id -> its last attempt number): each attempt's and its hooks', by name.
-    Not by scanning the directory, which holds every job's logs: at 300,000 files one scan took 0.27 s."""
+    """Delete every log of these jobs (job id -> its last attempt number): each attempt's and its hooks'.
+
+    By name: the directory holds every job's logs, and at 300,000 files one scan took 0.27 s, where a retention
+    batch of 500 jobs takes 24 ms by name. Trying a name that does not exist costs ~4.4 us, a scanned entry
+    ~0.7 us, so a mass delete (`purge` of everything) scans once instead."""
     logs = home / LOGS_DIR
+    if sum(attempts_by_job.values()) * (1 + len(HOOKS)) > _SCAN_ABOVE_NAMES:
+        try:
+            entries = list(os.scandir(logs))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.partition("#")[0] in attempts_by_job:  # job ids never contain '#' (see jobspec)
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        return
     for job_id, last in attempts_by_job.items():
         for attempt in range(1, last + 1):
             for name in (f"{job_id}#{attempt}.log", *(f"{job_id}#{attempt}.{hook}.log" for hook in HOOKS)):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from queuectl import cron
+from queuectl import cron, paths
 from queuectl.api import Queue
 from queuectl.models import AttemptStatus, Job, JobState
 from tests.engine_helpers import (
@@ -352,6 +352,18 @@ async def test_deleting_a_job_removes_each_of_its_logs_and_no_other_jobs(home: P
     async with Queue(home) as q:
         assert await q.delete(["j"]) == ["j"]
     assert {p.name for p in logs.iterdir()} == {"j1#1.log"}
+
+
+@pytest.mark.parametrize("jobs", [3, 20_000], ids=["by name", "a mass delete: one scan"])
+def test_remove_logs_removes_each_log_of_the_jobs_given_and_no_other(tmp_path: Path, jobs: int) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    mine = ["j0#1.log", "j0#2.log", "j0#2.on-dead.log", "j1#1.on-success.log"]
+    others = ["j0x#1.log", f"j{jobs}#1.log", "notes.txt"]
+    for name in mine + others:
+        (logs / name).write_text("x")
+    paths.remove_logs(tmp_path, {"j0": 2} | {f"j{i}": 1 for i in range(1, jobs)})
+    assert sorted(p.name for p in logs.iterdir()) == sorted(others)
 
 
 async def test_engine_deletes_finished_jobs_past_their_retention_with_their_logs(home: Path, work: Path) -> None:
