@@ -415,6 +415,11 @@ class Engine:
                               started_at=now, finished_at=now)
             self._finished.append(Finished(claim=claim, outcome=outcome, state=JobState.CANCELLED))
             return
+        if job.damaged is not None:  # a row written by something other than queuectl: fail it, do not guess
+            now = time.time()
+            outcome = Outcome(exit_code=None, error=f"cannot start: {job.damaged}", started_at=now, finished_at=now)
+            self._finished.append(results.decide(claim, outcome, self.settings))
+            return
         timeout_s = job.timeout_s if job.timeout_s is not None else self.settings.job_timeout_s
         self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {one_line(job.command, 60)}",
                       job=job.id, attempt=claim.attempt, command=job.command)

@@ -111,16 +111,25 @@ class Job:
     cron: str | None = None
     #: `queuectl cancel` asked the engine running it to stop it.
     cancel_requested: bool = False
+    #: Not stored: why a stored column could not be read (a row written by something other than queuectl). The
+    #: row is still listed and shown; the engine fails the job instead of running it with what could be read.
+    damaged: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         values = _own_fields(cls, row)
         values["state"] = JobState(values["state"])
+        damaged = None
         for name in ("env", "tags", "after"):  # JSON text on SQLite, already decoded on PostgreSQL; NULL: none
             raw = values.get(name)
-            if isinstance(raw, str):
-                raw = json.loads(raw)
-            values[name] = dict(raw or {}) if name == "env" else tuple(raw or ())
+            try:
+                if isinstance(raw, str):
+                    raw = json.loads(raw)
+                values[name] = dict(raw or {}) if name == "env" else tuple(raw or ())
+            except (ValueError, TypeError) as exc:  # one bad row must not stop every listing and every claim
+                values[name] = {} if name == "env" else ()
+                damaged = f"its stored {name} cannot be read ({exc})"
+        values["damaged"] = damaged
         if "cancel_requested" in values:
             values["cancel_requested"] = bool(values["cancel_requested"])
         if len(values) < _field_count(cls):

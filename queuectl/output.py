@@ -206,7 +206,8 @@ def detail_text(d: JobDetail) -> None:
              ("tags", ", ".join(j.tags)), ("after", ", ".join(j.after) + (f" ({j.deps_left} not completed)"
                                                                            if j.deps_left else "")),
              ("blocked_by", j.blocked_by or ""), ("cron", j.cron or ""),
-             ("env", " ".join(f"{k}={v}" for k, v in j.env.items())), ("engine", j.engine_id or "")]
+             ("env", " ".join(f"{k}={v}" for k, v in j.env.items())), ("engine", j.engine_id or ""),
+             ("damaged", j.damaged or "")]
     rows += [(name, value) for name, value in extra if value]
     for name, value in rows:
         print(f"{name:>12}  {printable(value)}")

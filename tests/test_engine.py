@@ -646,6 +646,27 @@ async def test_stop_of_an_in_process_engine_is_graceful(home: Path, work: Path) 
 
 
 
+@pytest.mark.parametrize(("column", "value"), [("env", "{bad"), ("tags", "[1"), ("env", '"a string"')])
+async def test_a_row_whose_stored_json_cannot_be_read_fails_alone(
+    home: Path, work: Path, column: str, value: str
+) -> None:
+    """A row written by something other than queuectl. Before, decoding it raised in every claim and every listing:
+    the engine stopped at each start, and `list` and `inspect` failed, so no other job ran either."""
+    async with Queue(home) as q:
+        await add(q, "damaged", "true", work, max_retries=0)
+        await add(q, "fine", "true", work)
+    with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
+        db.execute(f"UPDATE jobs SET {column} = ? WHERE id = 'damaged'", (value,))
+    listed = cli(home, "list")
+    assert listed.returncode == 0 and "damaged" in listed.stdout, listed.stderr
+    await run_until_idle(home, workers=1, timeout=20)
+    found = await jobs_async(home)
+    assert (found["fine"].state, found["damaged"].state) == (COMPLETED, DEAD)
+    assert f"its stored {column} cannot be read" in (found["damaged"].last_error or "")
+    shown = cli(home, "inspect", "damaged")
+    assert shown.returncode == 0 and f"its stored {column} cannot be read" in shown.stdout, shown.stderr
+
+
 def test_no_pid_that_a_process_cannot_have_is_alive() -> None:
     """kill(0, 0) asks about this process group and kill(-1, 0) about every process: both answer yes. A pid beyond
     pid_t made kill() raise OverflowError."""
