@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,12 +95,12 @@ def test_a_limit_too_low_for_one_worker_says_how_many_files_one_needs(tmp_path: 
 
 async def test_a_command_that_cannot_start_for_want_of_files_does_not_spend_its_attempt(tmp_path: Path) -> None:
     """No retries left (max_retries 0): before, the job went dead with "cannot start: Too many open files"."""
-    async with engine_in_process(tmp_path, workers=1, shortage_pause_s=0.2) as (_engine, q, log):
-        # Due in a moment, so that the engine has heard of it (a wake-up datagram needs a file) before the files
-        # are gone; it is claimed (the database is open already) and cannot start.
-        await q.enqueue([jobspec.from_mapping({"id": "j1", "command": "echo ran", "max_retries": 0,
-                                               "cwd": str(tmp_path), "run_at": time.time() + 0.5})])
+    # The engine wakes at least every 0.2 s: the wake-up datagram of an enqueue needs a file, and none is left.
+    async with engine_in_process(tmp_path, workers=1, shortage_pause_s=0.2, max_sleep_s=0.2) as (_engine, q, log):
         with out_of_files():
+            # Claimed (the database is open already), and cannot start.
+            await q.enqueue([jobspec.from_mapping({"id": "j1", "command": "echo ran", "max_retries": 0,
+                                                   "cwd": str(tmp_path)})])
             await await_until(lambda: q.store.attempts("j1"), timeout=20, what="an attempt to start j1")
         found = await await_states(q, {"j1": [JobState.COMPLETED, JobState.DEAD]}, timeout=20)
         history = await q.store.attempts("j1")
