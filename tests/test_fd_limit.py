@@ -115,11 +115,11 @@ async def test_a_command_that_cannot_start_for_want_of_files_does_not_spend_its_
 def test_commands_that_leave_processes_holding_their_output_do_not_spend_the_next_jobs_retries(
     tmp_path: Path,
 ) -> None:
-    """Each `sleep 2 &` leaves a process holding its output pipe, and the engine copies what it writes until it exits:
+    """Each `sleep 4 &` leaves a process holding its output pipe, and the engine copies what it writes until it exits:
     an open file each. Under a limit of 40, the engine runs out of files after some 25 such jobs; the jobs it cannot
     start then wait (given back, claiming paused) instead of failing, and `--until-idle` waits for them."""
     jobs = 40
-    lines = "".join(json.dumps({"id": f"d{i}", "command": "sleep 2 &", "max_retries": 0}) + "\n" for i in range(jobs))
+    lines = "".join(json.dumps({"id": f"d{i}", "command": "sleep 4 &", "max_retries": 0}) + "\n" for i in range(jobs))
     done = run_proc("enqueue", "--file", "-", home=tmp_path, input=lines)
     assert done.code == 0, done.err
     ran = _run(tmp_path, 40, 40, "run", "--workers", "1", "--until-idle")
