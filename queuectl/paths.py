@@ -54,8 +54,13 @@ def attempt_log_file(logs_dir: str, job_id: str, attempt: int) -> str:
 HOOKS = ("on-success", "on-failure", "on-dead")
 
 
+def hook_log_file(logs_dir: str, job_id: str, attempt: int, hook: str) -> str:
+    """Beside the attempt's log: ID#N.HOOK.log."""
+    return f"{logs_dir}/{job_id}#{attempt}.{hook}.log"
+
+
 def hook_log_path(home: Path, job_id: str, attempt: int, hook: str) -> Path:
-    return Path(f"{home / LOGS_DIR}/{job_id}#{attempt}.{hook}.log")
+    return Path(hook_log_file(str(home / LOGS_DIR), job_id, attempt, hook))
 
 
 #: Past this many possible log names, remove_logs scans the directory instead of trying each name.
@@ -68,7 +73,7 @@ def remove_logs(home: Path, attempts_by_job: Mapping[str, int]) -> None:
     By name: the directory holds every job's logs, and at 300,000 files one scan took 0.27 s, where a retention
     batch of 500 jobs takes 24 ms by name. Trying a name that does not exist costs ~4.4 us, a scanned entry
     ~0.7 us, so a mass delete (`purge` of everything) scans once instead."""
-    logs = home / LOGS_DIR
+    logs = str(home / LOGS_DIR)
     if sum(attempts_by_job.values()) * (1 + len(HOOKS)) > _SCAN_ABOVE_NAMES:
         try:
             entries = list(os.scandir(logs))
@@ -81,9 +86,10 @@ def remove_logs(home: Path, attempts_by_job: Mapping[str, int]) -> None:
         return
     for job_id, last in attempts_by_job.items():
         for attempt in range(1, last + 1):
-            for name in (f"{job_id}#{attempt}.log", *(f"{job_id}#{attempt}.{hook}.log" for hook in HOOKS)):
+            for path in (attempt_log_file(logs, job_id, attempt),
+                         *(hook_log_file(logs, job_id, attempt, hook) for hook in HOOKS)):
                 with contextlib.suppress(OSError):  # most attempts print nothing and run no hook: no such file
-                    os.unlink(logs / name)
+                    os.unlink(path)
 
 
 def loose_permissions(home: Path) -> list[str]:
