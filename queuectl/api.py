@@ -303,7 +303,7 @@ class Queue:
         await self.store.request_stop([e.id for e in engines])
         host = socket.gethostname()
         for engine in engines:
-            if engine.host == host and engine.pid > 0:  # kill(0) or kill(-1) would reach whole groups, or all
+            if engine.host == host:  # live_engines: pid_alive, which no pid <= 0 passes (kill(0) or kill(-1))
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(engine.pid, signal.SIGTERM)
         if wait:

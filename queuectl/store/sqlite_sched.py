@@ -148,7 +148,7 @@ def cron_set_paused(conn: sqlite3.Connection, name: str, paused: bool, now: floa
 def cron_tick(conn: sqlite3.Connection, now: float) -> CronTick:
     """Enqueue the job of every entry that is due, advance each to its next due time, all in one transaction:
     an engine that ticks after another finds nothing due, so each due time enqueues exactly one job. Returns
-    the ids enqueued and the next due time of any entry."""
+    the ids enqueued, the next due time of any entry, and the entries that could not be read (cron.plan_row)."""
     enqueued: list[str] = []
     unreadable: dict[str, str] = {}
     soonest = conn.execute("SELECT min(next_run_at) FROM crons WHERE paused = 0").fetchone()[0]
