@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -250,7 +250,8 @@ class EngineProc:
     """`python -m queuectl run ARGS` as a subprocess; its stderr (the engine log) goes to a file."""
 
     def __init__(self, home: Path, log_path: Path, args: list[str], *, cwd: Path | None = None,
-                 env: Mapping[str, str] | None = None, new_session: bool = False) -> None:
+                 env: Mapping[str, str] | None = None, new_session: bool = False,
+                 launcher: Sequence[str] = ()) -> None:
         self.home = home
         self.log_path = log_path
         self.args = args
@@ -258,7 +259,7 @@ class EngineProc:
         self.started_at = time.monotonic()
         with open(log_path, "wb") as err, open(log_path.with_suffix(".stdout"), "wb") as out:
             self.proc = subprocess.Popen(
-                [*QUEUECTL, "run", *args], env=cli_env(home, env), stdin=subprocess.DEVNULL, stdout=out,
+                [*launcher, *QUEUECTL, "run", *args], env=cli_env(home, env), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=err, cwd=cwd, start_new_session=new_session,
             )
 
@@ -332,12 +333,14 @@ class Engines:
         self.started: list[EngineProc] = []
 
     def start(self, *args: str, workers: int | None = 1, wait: bool = True, cwd: Path | None = None,
-              env: Mapping[str, str] | None = None, new_session: bool = False) -> EngineProc:
+              env: Mapping[str, str] | None = None, new_session: bool = False,
+              launcher: Sequence[str] = ()) -> EngineProc:
         """Start `queuectl run [--workers N] ARGS`; by default wait for its "started" line. new_session: the engine
-        leads its own session and process group, like a command started from an interactive shell."""
+        leads its own session and process group, like a command started from an interactive shell. launcher: a
+        command it is started under (`nohup`)."""
         argv = ([f"--workers={workers}"] if workers is not None else []) + list(args)
         log_path = self.tmp_path / f"engine-{len(self.started) + 1}.log"
-        engine = EngineProc(self.home, log_path, argv, cwd=cwd, env=env, new_session=new_session)
+        engine = EngineProc(self.home, log_path, argv, cwd=cwd, env=env, new_session=new_session, launcher=launcher)
         self.started.append(engine)
         if wait:
             engine.wait_started()

@@ -366,25 +366,16 @@ def test_an_engine_whose_log_nobody_reads_goes_on_running_jobs_and_stops_on_sigi
         engine.communicate(timeout=30)
 
 
-def test_an_engine_started_with_nohup_keeps_running_on_sighup(home: Path, work: Path) -> None:
+def test_an_engine_started_with_nohup_keeps_running_on_sighup(home: Path, work: Path, engines: Engines) -> None:
     """SIGHUP stops an engine gracefully (its terminal closed), but not one whose caller asked to ignore it."""
-    log = work / "engine.log"
-    with log.open("w") as out:
-        engine = subprocess.Popen(["nohup", *QUEUECTL, "run", "--workers", "2"], env=cli_env(home), stdout=out,
-                                  stderr=out, stdin=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: "started with" in log.read_text(), timeout=20, what="the engine to start")
-        enqueue(home, blocking(work, "A"), id="A", cwd=work)
-        wait_for_states(home, {"A": PROCESSING}, timeout=10)
-        engine.send_signal(signal.SIGHUP)
-        enqueue(home, "true", id="B", cwd=work)  # runs beside A: the engine did not stop claiming
-        wait_for_states(home, {"B": COMPLETED}, timeout=10)
-        assert engine.poll() is None and "stopping" not in log.read_text()
-        (work / "A.go").touch()
-        wait_for_states(home, {"A": COMPLETED}, timeout=10)
-        engine.send_signal(signal.SIGTERM)
-        assert engine.wait(timeout=20) == 0
-    finally:
-        if engine.poll() is None:
-            engine.kill()
-            engine.wait(timeout=10)
+    engine = engines.start(workers=2, launcher=["nohup"])
+    enqueue(home, blocking(work, "A"), id="A", cwd=work)
+    wait_for_states(home, {"A": PROCESSING}, timeout=10)
+    engine.send(signal.SIGHUP)
+    enqueue(home, "true", id="B", cwd=work)  # runs beside A: the engine did not stop claiming
+    wait_for_states(home, {"B": COMPLETED}, timeout=10)
+    assert engine.returncode is None and "stopping" not in engine.log()
+    (work / "A.go").touch()
+    wait_for_states(home, {"A": COMPLETED}, timeout=10)
+    engine.send(signal.SIGTERM)
+    assert engine.wait_exit() == 0

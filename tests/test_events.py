@@ -9,6 +9,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TextIO
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -44,27 +45,15 @@ def test_a_json_line_carries_the_stamp_and_the_fields() -> None:
 
 def test_a_blocked_output_never_blocks_the_engine_and_what_piles_up_past_the_cap_is_counted() -> None:
     """A terminal paused with Ctrl-S or a pipe nobody reads: a write blocks. Before, it blocked the event loop."""
-    read_fd, write_fd = os.pipe()
-    fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
-    os.set_blocking(write_fd, False)
-    filler = 0
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            filler += os.write(write_fd, b"x" * 512)
-    os.set_blocking(write_fd, True)  # full: the next write blocks until someone reads
+    read_fd, write_fd, filler = _full_pipe()
+    os.set_blocking(write_fd, True)  # the next write blocks until someone reads
     stream = os.fdopen(write_fd, "w")
     log = EventLog(stream=stream, max_pending_lines=5)
     emitting = threading.Thread(target=lambda: [log.emit("e", f"line {n}") for n in range(50)])
     emitting.start()
     emitting.join(10)
     assert not emitting.is_alive(), "emit() blocked on the full pipe"
-    received = bytearray()
-    reading = threading.Thread(target=lambda: _read_to_eof(read_fd, received))
-    reading.start()
-    log.close(wait_s=10)
-    stream.close()
-    reading.join(10)
-    lines = bytes(received[filler:]).decode().splitlines()
+    lines = _close_and_read(log, stream, read_fd)[filler:].decode().splitlines()
     numbers = [int(line.rsplit(" ", 1)[1]) for line in lines if " line " in line]
     [marker] = [line for line in lines if "dropped while the log's output was blocked" in line]
     dropped = int(marker.split()[1])
@@ -72,21 +61,39 @@ def test_a_blocked_output_never_blocks_the_engine_and_what_piles_up_past_the_cap
     assert numbers == sorted(numbers) and numbers[0] == 0  # in order, the oldest kept
 
 
-def _read_to_eof(fd: int, into: bytearray) -> None:
-    while chunk := os.read(fd, 65536):
-        into += chunk
-    os.close(fd)
-
-
-def test_lines_reach_an_output_its_owner_made_non_blocking_once_it_takes_more() -> None:
-    """A process manager may hand the engine a non-blocking stderr: a full pipe then refuses a write (EAGAIN)
-    instead of blocking it. Those lines were lost."""
+def _full_pipe() -> tuple[int, int, int]:
+    """A pipe (4 KiB where the system allows) filled up, its write end non-blocking: (read, write, bytes in it)."""
     read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
     os.set_blocking(write_fd, False)
     filler = 0
     with contextlib.suppress(BlockingIOError):
         while True:
             filler += os.write(write_fd, b"x" * 512)
+    return read_fd, write_fd, filler
+
+
+def _close_and_read(log: EventLog, stream: TextIO, read_fd: int) -> bytes:
+    """Read the pipe to its end while the log closes (writing what it holds), then the stream: all it received."""
+    received = bytearray()
+
+    def read_to_eof() -> None:
+        while chunk := os.read(read_fd, 65536):
+            received.extend(chunk)
+        os.close(read_fd)
+
+    reading = threading.Thread(target=read_to_eof)
+    reading.start()
+    log.close(wait_s=10)
+    stream.close()
+    reading.join(10)
+    return bytes(received)
+
+
+def test_lines_reach_an_output_its_owner_made_non_blocking_once_it_takes_more() -> None:
+    """A process manager may hand the engine a non-blocking stderr: a full pipe then refuses a write (EAGAIN)
+    instead of blocking it. Those lines were lost."""
+    read_fd, write_fd, filler = _full_pipe()  # and left non-blocking
     stream = os.fdopen(write_fd, "w")
     log = EventLog(stream=stream)
     for n in range(3):
@@ -94,13 +101,8 @@ def test_lines_reach_an_output_its_owner_made_non_blocking_once_it_takes_more() 
     writer = log._writer
     assert writer is not None
     wait_until(lambda: not writer._lines, 10)  # taken by the writer: it has met the full pipe
-    received = bytearray()
-    reading = threading.Thread(target=lambda: _read_to_eof(read_fd, received))
-    reading.start()
-    log.close(wait_s=10)
-    stream.close()
-    reading.join(10)
-    assert [line.rsplit(" ", 2)[1:] for line in bytes(received[filler:]).decode().splitlines()] == [
+    received = _close_and_read(log, stream, read_fd)
+    assert [line.rsplit(" ", 2)[1:] for line in received[filler:].decode().splitlines()] == [
         ["line", "0"], ["line", "1"], ["line", "2"]]
 
 
