@@ -98,7 +98,6 @@ class _Writer:
         self._reported = 0  # by the thread
         self._wake = threading.Event()
         self._closed = threading.Event()
-        self._closing = False
         self._thread = threading.Thread(target=self._run, name="queuectl-log", daemon=True)
         self._thread.start()
         atexit.register(self.close, _CLOSE_WAIT_S)
@@ -112,9 +111,8 @@ class _Writer:
             self._wake.set()
 
     def close(self, wait_s: float) -> None:
-        if self._closing:  # closed already (the atexit call after the engine's own)
+        if self._closed.is_set():  # closed already (the atexit call after the engine's own)
             return
-        self._closing = True
         self._closed.set()
         self._wake.set()
         self._thread.join(wait_s)
@@ -127,7 +125,7 @@ class _Writer:
             self._closed.wait(_BATCH_S)
             self._wake.clear()
             self._write_pending()
-            if self._closing and not self._lines:
+            if self._closed.is_set() and not self._lines:
                 return
 
     def _write_pending(self) -> None:
