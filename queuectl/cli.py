@@ -15,6 +15,7 @@ from queuectl import api, config, jobspec, output
 from queuectl.errors import QueueCtlError, ValidationError, report
 from queuectl.models import JobState
 from queuectl.paths import default_home
+from queuectl.textfmt import one_line
 from queuectl.timefmt import parse_duration_s
 
 T = TypeVar("T")
@@ -402,6 +403,15 @@ def _dashboard_server() -> Any:
 from queuectl import cli_sched, cli_watch  # noqa: E402, F401
 
 
+def _as_typed(text: str) -> str:
+    """text with the bytes that are not UTF-8 shown as \\xNN (and JSON's unpaired surrogates as \\uNNNN)."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return one_line(raw.decode("utf-8", "backslashreplace"), 80)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every error ends as one line on stderr and an exit code (2 usage, 1 operation failed)."""
     global _command_given
@@ -417,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         return report("interrupted", 130)
     except BrokenPipeError:
         return 1
+    except UnicodeEncodeError as exc:  # an argument with bytes that are not UTF-8, on its way to the store
+        return report(f"'{_as_typed(exc.object)}' is not valid UTF-8 text: {jobspec.not_utf8(exc)}", 2)
     except Exception as exc:
         message = getattr(exc, "format_message", None)
         if message is None:  # not a usage error: a bug. Still one line, and say where to look.

@@ -72,6 +72,7 @@ def make_entry(
         raise ValidationError(f"--max-retries must be from 0 to {jobspec.MAX_RETRIES}; got {max_retries}")
     if timeout_s is not None and not timeout_s > 0:
         raise ValidationError(f"--timeout must be > 0 seconds; got {timeout_s:g}")
-    return CronEntry(name=name, schedule=expr.text, command=jobspec.check_command(command), cwd=cwd, queue=queue,
+    return CronEntry(name=name, schedule=expr.text, command=jobspec.check_command(command),
+                     cwd=jobspec.check_text(cwd, "cwd (the directory the command runs in)"), queue=queue,
                      priority=priority, max_retries=max_retries, timeout_s=timeout_s, env=dict(env),
                      catch_up=catch_up, next_run_at=cronexpr.next_after(expr, now), created_at=now)

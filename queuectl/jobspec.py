@@ -48,7 +48,8 @@ class NewJob(NamedTuple):
     cron: str | None = None
 
 #: File-name safe (the id names the job's log directory), readable, bounded.
-JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}$")
+#: Patterns end in \Z, not $: $ also matches before a final newline, and "abc\n" would pass.
+JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}\Z")
 MAX_PRIORITY = 1_000_000
 MAX_RETRIES = 1_000
 MAX_COMMAND_BYTES = 1 << 20
@@ -60,8 +61,8 @@ MAX_RUN_AT = 253402214400.0
 _SETTABLE = {"id", "command", "priority", "max_retries", "run_at", "delay", "timeout", "timeout_s", "cwd", "queue",
              "unique_key", "env", "tags", "after"}
 #: Queue names and tags: like job ids, shorter.
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,63}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,63}\Z")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 MAX_TAGS = 32
 MAX_AFTER = 10_000
 MAX_ENV_BYTES = 64 << 10
@@ -95,7 +96,7 @@ def check_unique_key(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip() or "\x00" in value or len(value) > 256:
         raise ValidationError(f"unique_key must be a non-empty string of at most 256 characters; got {value!r}")
-    return value
+    return check_text(value, "unique_key")
 
 
 def parse_env_entry(entry: str) -> tuple[str, str]:
@@ -112,7 +113,7 @@ def check_env(name: object, value: object) -> tuple[str, str]:
                               f"digit); got {name!r}")
     if not isinstance(value, str) or "\x00" in value:
         raise ValidationError(f"environment variable {name} must be a string without NUL bytes; got {value!r}")
-    return name, value
+    return name, check_text(value, f"environment variable {name}")
 
 
 def _env_field(raw: object) -> tuple[tuple[str, str], ...]:
@@ -174,9 +175,27 @@ def check_command(value: object) -> str:
         raise ValidationError("command must not be empty")
     if "\x00" in value:
         raise ValidationError("command must not contain NUL bytes")
-    if len(value.encode("utf-8", "surrogateescape")) > MAX_COMMAND_BYTES:
+    if len(check_text(value, "command").encode()) > MAX_COMMAND_BYTES:
         raise ValidationError(f"command is longer than {MAX_COMMAND_BYTES} bytes")
     return value
+
+
+def check_text(value: str, what: str) -> str:
+    """Both stores keep text as UTF-8. What cannot be encoded so: a command line's bytes that are not UTF-8
+    (Python hands them over as lone surrogates U+DC80-U+DCFF: a Latin-1 file name, a directory named so) and
+    JSON's unpaired \\uD800-\\uDFFF escapes. Refused here, in one line, instead of failing in the store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{what} is not valid UTF-8 text: {not_utf8(exc)}") from None
+    return value
+
+
+def not_utf8(exc: UnicodeEncodeError) -> str:
+    """Where a text could not be encoded as UTF-8, in the user's terms."""
+    code = ord(exc.object[exc.start])
+    what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"unpaired surrogate \\u{code:04x}"
+    return f"{what} at character {exc.start + 1}"
 
 
 def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = None) -> NewJob:
@@ -215,8 +234,9 @@ def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = Non
         if timeout_s <= 0:
             raise ValidationError(f"timeout must be > 0 seconds; got {raw_timeout!r}")
     job_cwd = obj.get("cwd", cwd if cwd is not None else current_dir())
-    if not isinstance(job_cwd, str) or not os.path.isabs(job_cwd):
-        raise ValidationError(f"cwd must be an absolute path; got {job_cwd!r}")
+    if not isinstance(job_cwd, str) or not os.path.isabs(job_cwd) or "\x00" in job_cwd:
+        raise ValidationError(f"cwd must be an absolute path (without NUL bytes); got {job_cwd!r}")
+    check_text(job_cwd, "cwd (the directory the command runs in)")
     return NewJob(
         id=job_id,
         command=check_command(obj["command"]),

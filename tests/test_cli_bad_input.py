@@ -5,6 +5,7 @@ queue exactly as it was."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -144,6 +145,17 @@ ENQUEUE_REFUSED = {
     "flag id invalid": (["--id", "has space", "--", "x"], "id"),
     "unknown flag": (["--colour", "red", "--", "x"], "colour"),
     "file and argument": (["--file", "-", '{"command":"x"}'], "file"),
+    # What a shell passes for bytes that are not UTF-8 (a Latin-1 file name): Python's lone surrogates U+DC80-DCFF.
+    "command with a byte that is not UTF-8": (["--", "cat caf\udce9.txt"], "not valid UTF-8 text: byte 0xe9"),
+    "command with an unpaired surrogate escape": (['{"command":"echo \\ud800"}'], "unpaired surrogate \\ud800"),
+    "env value with a byte that is not UTF-8": (["--env", "A=\udcff", "--", "x"], "environment variable A"),
+    "unique_key with an unpaired surrogate": (['{"command":"x","unique_key":"\\udc80"}'], "unique_key"),
+    "cwd with a byte that is not UTF-8": (['{"command":"x","cwd":"/tmp/d\\udce9"}'], "cwd"),
+    "cwd with a NUL byte": (['{"command":"x","cwd":"/tmp/a\\u0000b"}'], "cwd"),
+    "id ending in a newline": (['{"id":"abc\\n","command":"x"}'], "job id"),
+    "queue name ending in a newline": (['{"command":"x","queue":"q\\n"}'], "queue name"),
+    "tag ending in a newline": (['{"command":"x","tags":["t\\n"]}'], "tag"),
+    "env name ending in a newline": (['{"command":"x","env":{"A\\n":"1"}}'], "environment variable name"),
 }
 
 
@@ -217,6 +229,25 @@ def test_usage_errors(queue: dict[str, Any], args: list[str]) -> None:
                                   ["dlq", "retry", "nope"], ["dlq", "retry", "j-dead", "nope"]])
 def test_unknown_job_id_is_not_found(queue: dict[str, Any], args: list[str]) -> None:
     refused(queue, args, FAILED, "nope")
+
+
+@pytest.mark.parametrize("args", [["inspect", "a\udce9"], ["logs", "a\udce9"], ["delete", "a\udce9"],
+                                  ["dlq", "retry", "a\udce9"], ["cancel", "a\udce9"],
+                                  ["config", "set", "on-success", "echo \udce9"],
+                                  ["webhook", "add", "http://127.0.0.1:9/\udce9"]])
+def test_an_argument_that_is_not_utf8_is_one_usage_error(queue: dict[str, Any], args: list[str]) -> None:
+    # Nothing stored can hold it (both stores keep UTF-8 text); it is shown as typed, the byte named.
+    refused(queue, args, USAGE, "is not valid UTF-8 text: byte 0xe9", "\\xe9'")
+
+
+def test_bytes_that_are_not_utf8_in_a_real_command_line_and_directory(queue: dict[str, Any], tmp_path: Path) -> None:
+    latin1_dir = tmp_path / "caf\udce9"  # os.fsencode: b"caf\xe9", a directory name that is not UTF-8
+    latin1_dir.mkdir()
+    from_there = run_proc("enqueue", "--", "pwd", home=queue["home"], cwd=latin1_dir)
+    assert_one_line_error(from_there, USAGE, "cwd (the directory the command runs in) is not valid UTF-8 text")
+    argv = run_proc("enqueue", "--", os.fsdecode(b"cat caf\xe9.txt"), home=queue["home"])
+    assert_one_line_error(argv, USAGE, "command is not valid UTF-8 text: byte 0xe9 at character 8")
+    assert snapshot(queue["home"]) == queue["before"]
 
 
 def test_delete_of_a_running_job_is_refused(queue: dict[str, Any]) -> None:

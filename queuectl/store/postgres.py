@@ -46,7 +46,7 @@ logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 #: Schemas made by for_tests start with this.
 TEST_SCHEMA_PREFIX = "queuectl_test_"
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")  # \Z: $ lets a final newline in
 
 
 class PostgresStore(PostgresSched):
