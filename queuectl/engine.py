@@ -30,7 +30,7 @@ from queuectl.errors import StoreError, StoreFullError, StoreGoneError, StoreUna
 from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, Finished, JobState, Outcome
 from queuectl.notify import Notifier
-from queuectl.paths import LOGS_DIR, attempt_log_file, loose_permissions
+from queuectl.paths import LOGS_DIR, attempt_log_file, check_text_path, loose_permissions
 from queuectl.procs import pid_alive
 from queuectl.runner import ResourceShortage, run_command
 from queuectl.scheduler import DueHeap
@@ -141,6 +141,7 @@ class Engine:
 
     async def run(self, *, handle_signals: bool = True) -> Summary:
         fdlimit.ensure_room(self.options.workers)  # before anything is claimed: a shortage would fail the jobs
+        check_text_path(self.options.home)
         undo_watcher = install_child_watcher()
         now = time.time()
         # Independent of each other, so asked together: a store runs them back to back, without a trip to the
@@ -401,6 +402,8 @@ class Engine:
                 return
             try:
                 await self._execute(claim, task)
+            except Exception as exc:  # our own fault for this one job: fail it, keep this worker and the engine going
+                self._internal_error(claim, exc)
             finally:  # idle at once: its result, if any, is in self._finished for the next round
                 self._running.pop(claim.job.id, None)
                 self._free += 1
@@ -453,14 +456,20 @@ class Engine:
                 return
             await finish_even_if_cancelled(self._release(claim))
             raise
-        except Exception as exc:  # our own fault for this one job: fail it, keep the engine going
-            self.log.emit("internal_error", f"{job.id} internal error: {exc!r}", job=job.id, error=repr(exc))
-            outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=started_at,
-                              finished_at=time.time())
         self._cancelling.discard(job.id)  # flagged, but the command ended first: its result stands
         self._shortages = 0
         took_s = outcome.finished_at - outcome.started_at
         self._recent_job_s = took_s if self._recent_job_s == float("inf") else 0.8 * self._recent_job_s + 0.2 * took_s
+        self._finished.append(results.decide(claim, outcome, self.settings))
+
+    def _internal_error(self, claim: Claim, exc: Exception) -> None:
+        """A fault of ours while running this job (not its command's): logged with the job's id, and the attempt
+        fails like any other, so that the job is retried or dead, never lost or left processing."""
+        job_id = claim.job.id
+        self.log.emit("internal_error", f"{job_id} internal error: {exc!r}", job=job_id, error=repr(exc))
+        self._cancelling.discard(job_id)
+        now = time.time()
+        outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=now, finished_at=now)
         self._finished.append(results.decide(claim, outcome, self.settings))
 
     def _cron_enqueued(self, ids: list[str]) -> None:

@@ -126,6 +126,8 @@ class Job:
                 if isinstance(raw, str):
                     raw = json.loads(raw)
                 values[name] = dict(raw or {}) if name == "env" else tuple(raw or ())
+                if name == "env" and not all(isinstance(v, str) for v in values[name].values()):
+                    raise TypeError("a value is not a string")
             except (ValueError, TypeError) as exc:  # one bad row must not stop every listing and every claim
                 values[name] = {} if name == "env" else ()
                 damaged = f"its stored {name} cannot be read ({exc})"

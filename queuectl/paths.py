@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from queuectl.errors import HomeError
+from queuectl.jobspec import not_utf8
 
 DB_NAME = "queue.db"
 LOGS_DIR = "logs"
@@ -37,6 +38,16 @@ def ensure_home(home: Path) -> Path:
     if not os.access(home, os.W_OK | os.X_OK):
         raise HomeError(f"data directory {home} is not writable")
     return home
+
+
+def check_text_path(home: Path) -> None:
+    """An engine records its log files' paths in the database, as UTF-8 text like every text there: a data
+    directory whose path holds bytes that are not UTF-8 would fail the first result it records."""
+    try:
+        str(home.absolute()).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HomeError(f"cannot run an engine in data directory {os.fsencode(home)!r}: its path is not valid "
+                        f"UTF-8 text ({not_utf8(exc)}); choose another --home") from None
 
 
 def attempt_log_path(home: Path, job_id: str, attempt: int) -> Path:

@@ -119,15 +119,11 @@ async def run_command(
                 )
             finally:
                 os.close(write_fd)  # the command holds it now: the pipe ends when the command (and its children) do
-        except OSError as exc:
-            if exc.errno in _SHORTAGES:
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno in _SHORTAGES:
                 sink.close()
                 raise ResourceShortage(exc.strerror or str(exc)) from None
-            reason = f"cannot start: {exc.strerror or exc}"
-            if exc.filename == cwd:  # the command's chdir() failed (else /bin/sh, say, could not be run)
-                reason = f"cannot start: working directory {cwd} " + {
-                    errno.ENOENT: "does not exist", errno.ENOTDIR: "is not a directory"}.get(
-                    exc.errno or 0, f"cannot be entered: {exc.strerror}")
+            reason = _why_not_started(exc, cwd)
             sink.write(f"queuectl: {reason}\n".encode())
             sink.close()
             return Outcome(exit_code=None, error=reason, output_tail=reason, log_path=str(log_path),
@@ -144,6 +140,16 @@ async def run_command(
         error = None if code == 0 else describe_exit(code)
     return Outcome(exit_code=code, timed_out=timed_out, error=error, output_tail=tail, log_path=str(log_path),
                    started_at=started_at, finished_at=time.time())
+
+
+def _why_not_started(exc: OSError | ValueError, cwd: str) -> str:
+    if not isinstance(exc, OSError):  # a NUL byte, text that cannot be encoded: a row queuectl's checks did not write
+        return f"cannot start: {exc}"
+    if exc.filename == cwd:  # the command's chdir() failed (else /bin/sh, say, could not be run)
+        return f"cannot start: working directory {cwd} " + {
+            errno.ENOENT: "does not exist", errno.ENOTDIR: "is not a directory"}.get(
+            exc.errno or 0, f"cannot be entered: {exc.strerror}")
+    return f"cannot start: {exc.strerror or exc}"
 
 
 async def _wait(

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from queuectl import engine as engine_module
 from queuectl import jobspec, orphans
 from queuectl.api import Queue
-from queuectl.models import AttemptStatus, JobState
+from queuectl.models import AttemptStatus, JobState, Outcome
 from queuectl.procs import pid_alive
 from queuectl.timefmt import iso
 from tests.engine_helpers import (
@@ -577,19 +578,41 @@ async def test_faulty_commands_are_recorded_and_never_stop_the_engine(home: Path
     assert daemon.exists()  # the daemon it forked is left to the autouse clean-up (by QUEUECTL_HOME)
 
 
-async def test_internal_error_for_one_job_fails_that_job_and_the_others_go_on(home: Path, work: Path) -> None:
+@pytest.mark.parametrize("where", ["before its command starts", "while its command runs"])
+async def test_internal_error_for_one_job_fails_that_job_and_the_others_go_on(
+    home: Path, work: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A fault of the engine's own code for one job (injected: a bug has no other trigger). Before its command
+    started, it ended the worker's coroutine: with one worker, nothing ran again."""
     async with Queue(home) as q:
         await add(q, "broken", "true", work, max_retries=0)
         await add(q, "fine", "true", work)
-    # A row written by something other than queuectl: a working directory no process can be given (NUL byte).
-    with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
-        db.execute("UPDATE jobs SET cwd = cwd || char(0) || 'x' WHERE id = 'broken'")
+    fault = RuntimeError("injected fault")
+    if where == "before its command starts":
+        real = engine_module.attempt_log_file
+
+        def log_file(logs_dir: str, job_id: str, attempt: int) -> str:
+            if job_id == "broken":
+                raise fault
+            return real(logs_dir, job_id, attempt)
+
+        monkeypatch.setattr(engine_module, "attempt_log_file", log_file)
+    else:
+        real_run = engine_module.run_command
+
+        async def run(command: str, **kwargs: Any) -> Outcome:
+            outcome = await real_run(command, **kwargs)
+            if "broken" in str(kwargs["log_path"]):
+                raise fault
+            return outcome
+
+        monkeypatch.setattr(engine_module, "run_command", run)
     summary, log = await run_until_idle(home, workers=1, timeout=20)
     found = await jobs_async(home)
     assert found["fine"].state == COMPLETED
     assert found["broken"].state == DEAD  # failed, not lost, not stuck in processing
-    assert "internal error" in (found["broken"].last_error or "")
-    assert re.search(r"broken internal error", log)
+    assert found["broken"].last_error == "internal error: RuntimeError('injected fault')"
+    assert re.search(r"broken internal error: RuntimeError\('injected fault'\)", log)
     assert summary.completed == 1
 
 
@@ -602,6 +625,19 @@ def test_unusable_data_directory_is_one_clear_line_and_a_non_zero_exit(tmp_path:
     assert proc.stderr.startswith("queuectl: error:")
     assert "data directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_data_directory_whose_path_is_not_utf8_is_refused_before_any_job_is_claimed(tmp_path: Path) -> None:
+    """Log paths are stored as UTF-8 text: the first result recorded failed, and the job stayed processing."""
+    home = tmp_path / "caf\udce9"  # b"caf\xe9"
+    assert cli(home, "enqueue", "--id", "j1", "--", "true").returncode == 0
+    proc = cli(home, "run", "--until-idle", timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        f"queuectl: error: cannot run an engine in data directory {os.fsencode(home)!r}: its path is not valid "
+        f"UTF-8 text (byte 0xe9 at character {len(str(tmp_path)) + 5}); choose another --home")
+    shown = cli(home, "list", "--json")
+    assert [(j["id"], j["state"]) for j in json.loads(shown.stdout)] == [("j1", "pending")]
 
 
 def test_database_removed_under_a_running_engine_stops_it_with_one_clear_line(
@@ -646,7 +682,8 @@ async def test_stop_of_an_in_process_engine_is_graceful(home: Path, work: Path) 
 
 
 
-@pytest.mark.parametrize(("column", "value"), [("env", "{bad"), ("tags", "[1"), ("env", '"a string"')])
+@pytest.mark.parametrize(("column", "value"), [("env", "{bad"), ("tags", "[1"), ("env", '"a string"'),
+                                               ("env", '{"A": 5}')])
 async def test_a_row_whose_stored_json_cannot_be_read_fails_alone(
     home: Path, work: Path, column: str, value: str
 ) -> None:

@@ -103,6 +103,20 @@ async def test_a_working_directory_that_is_a_file_cannot_start_and_says_so(tmp_p
     assert outcome.error == f"cannot start: working directory {not_a_dir} is not a directory"
 
 
+@pytest.mark.parametrize(("command", "cwd", "why"), [
+    ("true", "/tmp\x00x", "cannot start: embedded null byte"),
+    ("echo \ud800", "/tmp", "cannot start: 'utf-8' codec can't encode character '\\ud800'"),
+])
+async def test_what_no_process_can_be_given_cannot_start_and_says_why(
+    tmp_path: Path, command: str, cwd: str, why: str
+) -> None:
+    """A row queuectl's own checks did not write (they refuse both). Before, it raised out of run_command."""
+    outcome = await run(command, Path(cwd), tmp_path / "a.log")
+    assert outcome.exit_code is None and not outcome.succeeded
+    assert outcome.error is not None and outcome.error.startswith(why), outcome.error
+    assert (tmp_path / "a.log").read_text().startswith(f"queuectl: {why}")
+
+
 async def test_out_of_files_is_a_shortage_not_an_outcome_and_starts_nothing(tmp_path: Path) -> None:
     """The command is not at fault: the caller (the engine) tries it again later without counting the attempt."""
     marker = tmp_path / "ran"
