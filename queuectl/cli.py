@@ -403,15 +403,6 @@ def _dashboard_server() -> Any:
 from queuectl import cli_sched, cli_watch  # noqa: E402, F401
 
 
-def _as_typed(text: str) -> str:
-    """text with the bytes that are not UTF-8 shown as \\xNN (and JSON's unpaired surrogates as \\uNNNN)."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "backslashreplace")
-    return one_line(raw.decode("utf-8", "backslashreplace"), 80)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every error ends as one line on stderr and an exit code (2 usage, 1 operation failed)."""
     global _command_given
@@ -428,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except UnicodeEncodeError as exc:  # an argument with bytes that are not UTF-8, on its way to the store
-        return report(f"'{_as_typed(exc.object)}' is not valid UTF-8 text: {jobspec.not_utf8(exc)}", 2)
+        return report(f"'{one_line(exc.object, 80)}' is not valid UTF-8 text: {jobspec.not_utf8(exc)}", 2)
     except Exception as exc:
         message = getattr(exc, "format_message", None)
         if message is None:  # not a usage error: a bug. Still one line, and say where to look.

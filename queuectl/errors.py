@@ -7,8 +7,18 @@ import sys
 
 def report(message: str, code: int) -> int:
     """How every command ends on an error: one line on stderr; returns the exit code."""
-    sys.stderr.write(f"queuectl: error: {' '.join(message.split())}\n")
+    sys.stderr.write(f"queuectl: error: {' '.join(shown(message).split())}\n")
     return code
+
+
+def shown(text: str) -> str:
+    """text with the bytes of a command line that are not UTF-8 (os.fsdecode's lone surrogates) as \\xNN, as the
+    user typed them, and other unpaired surrogates (JSON escapes) as \\uNNNN: printable on any UTF-8 stream."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class QueueCtlError(Exception):
