@@ -269,16 +269,15 @@ class Queue:
 
     # ---- config ----------------------------------------------------------------------------------------------
 
-    async def config_list(self) -> dict[str, tuple[str, bool]]:
-        """Every key: (value in force, whether it is stored rather than the default)."""
-        stored = await self.store.config_items()
-        return {
-            name: (stored.get(name, key.default), name in stored) for name, key in config.KEYS.items()
-        }
+    async def config_list(self) -> dict[str, tuple[str, str]]:
+        """Every key: (the value in force in this process, its source: "env" (QUEUECTL_<KEY>), "set" or
+        "default")."""
+        return config.in_force(await self.store.config_items())
 
     async def config_get(self, name: str) -> str:
+        """The value in force in this process (see config_list)."""
         key = config.canonical_key(name)
-        return (await self.store.config_items()).get(key.name, key.default)
+        return config.in_force(await self.store.config_items())[key.name][0]
 
     async def config_set(self, name: str, value: str) -> tuple[str, str]:
         key, raw = config.validate(name, value)

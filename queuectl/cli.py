@@ -363,9 +363,10 @@ def config_list(as_json: JsonOpt = False) -> None:
     """Every key with the value in force."""
     items = call(lambda q: q.config_list())
     if as_json:
-        output.print_json({k: {"value": v, "set": s} for k, (v, s) in items.items()})
+        output.print_json({k: {"value": v, "set": s == "set", "source": s} for k, (v, s) in items.items()})
     else:
-        output.config_text(items, {k: key.help for k, key in config.KEYS.items()})
+        output.config_text(items, {k: key.help for k, key in config.KEYS.items()},
+                           {k: config.env_name(key) for k, key in config.KEYS.items()})
 
 
 @config_app.command("get")

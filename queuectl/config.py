@@ -166,12 +166,57 @@ def env_name(key: Key) -> str:
     return "QUEUECTL_" + key.field.upper().removesuffix("_S")
 
 
-def resolve(stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults, overridden by stored values, overridden by QUEUECTL_* environment variables."""
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The QUEUECTL_<KEY> variables set, by key, each checked: a bad one is the user's mistake, refused in one line
+    naming the variable (an engine refuses to start rather than run on defaults)."""
     environ = os.environ if environ is None else environ
+    found: dict[str, str] = {}
+    for key in KEYS.values():
+        raw = environ.get(env_name(key))
+        if raw is not None:
+            try:
+                key.parse(raw, key.name)
+            except ValidationError as exc:
+                raise ValidationError(f"{env_name(key)}: {exc}") from None
+            found[key.name] = raw.strip()
+    return found
+
+
+def unusable(stored: Mapping[str, str]) -> dict[str, str]:
+    """Stored values that cannot be used, by key, and why: only something other than `config set` (which checks
+    every value) writes them, e.g. a hand-edited database or a newer queuectl's value."""
+    found: dict[str, str] = {}
+    for name, raw in stored.items():
+        key = KEYS.get(name)
+        if key is not None:
+            try:
+                key.parse(raw, key.name)
+            except ValidationError as exc:
+                found[name] = str(exc)
+    return found
+
+
+def resolve(stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, overridden by stored values, overridden by QUEUECTL_* environment variables. A stored value that
+    cannot be used (see unusable) leaves its key at the default; the others still apply."""
+    overrides, bad = env_overrides(environ), unusable(stored)
     values: dict[str, Any] = {}
     for key in KEYS.values():
-        raw = environ.get(env_name(key), stored.get(key.name, key.default))
+        raw = overrides.get(key.name, key.default if key.name in bad else stored.get(key.name, key.default))
         values[key.field] = key.parse(raw, key.name)
     return Settings(**values)
+
+
+def in_force(stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """Every key: (the value in force, where it comes from: "env", "set" (stored) or "default")."""
+    overrides, bad = env_overrides(environ), unusable(stored)
+    shown: dict[str, tuple[str, str]] = {}
+    for name, key in KEYS.items():
+        if name in overrides:
+            shown[name] = (overrides[name], "env")
+        elif name in stored and name not in bad:
+            shown[name] = (stored[name], "set")
+        else:
+            shown[name] = (key.default, "default")
+    return shown
 

@@ -100,6 +100,8 @@ class Engine:
         self._shortages = 0
         self._resume_at = 0.0
         self._signals: list[signal.Signals] = []
+        #: Stored config values that cannot be used, by key: each is logged when it first appears.
+        self._unusable_config: dict[str, str] = {}
 
     # ---- stopping --------------------------------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class Engine:
     async def run(self, *, handle_signals: bool = True) -> Summary:
         fdlimit.ensure_room(self.options.workers)  # before anything is claimed: a shortage would fail the jobs
         check_text_path(self.options.home)
+        config.env_overrides()  # a bad QUEUECTL_<KEY> is refused now, not worked around at every decision
         undo_watcher = install_child_watcher()
         now = time.time()
         # Independent of each other, so asked together: a store runs them back to back, without a trip to the
@@ -384,12 +387,20 @@ class Engine:
 
     async def _reload_settings(self) -> None:
         try:
-            self.settings = config.resolve(await self.store.config_items())
+            stored = await self.store.config_items()
+            self.settings = config.resolve(stored)
             self.notifier.configure(self.settings, await self.store.webhooks())
         except StoreError as exc:
             self.log.emit("store_error", f"cannot read config: {exc}", error=str(exc))
-        except Exception as exc:  # a value stored by something other than `config set`
-            self.log.emit("config_error", f"ignoring invalid stored config: {exc}", error=str(exc))
+            return
+        # A value stored by something other than `config set` leaves its key at the default: said once, not at
+        # every reload (every change seen).
+        unusable = config.unusable(stored)
+        for name, why in unusable.items():
+            if self._unusable_config.get(name) != why:
+                self.log.emit("config_error", f"ignoring the stored value of {name}, using its default: {why}",
+                              key=name, error=why)
+        self._unusable_config = unusable
 
     # ---- workers ----------------------------------------------------------------------------------------------
 

@@ -226,6 +226,9 @@ def detail_text(d: JobDetail) -> None:
         sys.stdout.write(tail if tail.endswith("\n") else tail + "\n")
 
 
-def config_text(items: dict[str, tuple[str, bool]], helps: dict[str, str]) -> None:
-    for name, (value, stored) in items.items():
-        print(f"{name:<14} {value:<8} {'(set)' if stored else '(default)':<10} {helps[name]}")
+def config_text(items: dict[str, tuple[str, str]], helps: dict[str, str], env_names: dict[str, str]) -> None:
+    name_w = max(map(len, items))
+    value_w = max(8, *(len(value) for value, _ in items.values() if len(value) <= 24))
+    for name, (value, source) in items.items():
+        shown = f"({env_names[name]})" if source == "env" else f"({source})"
+        print(f"{name:<{name_w}}  {value:<{value_w}}  {shown:<10} {helps[name]}")

@@ -473,7 +473,7 @@ def test_purge_older_than_keeps_recent_jobs(home: Path) -> None:
 def test_config_list_shows_every_key_with_its_default(home: Path) -> None:
     data = ok("config", "list", "--json").json()
     assert {"max-retries", "backoff-base", "backoff-max", "job-timeout", "kill-grace"} <= set(data)
-    assert data["max-retries"] == {"value": "3", "set": False}
+    assert data["max-retries"] == {"value": "3", "set": False, "source": "default"}
     assert data["backoff-base"]["value"] == "2"
     assert data["job-timeout"]["value"] == "none"
     assert data["kill-grace"]["value"] == "5s"
@@ -486,12 +486,37 @@ def test_config_set_get_unset_with_either_spelling(home: Path) -> None:
     assert "max-retries = 5" in ok("config", "set", "max_retries", "5").out
     assert ok("config", "get", "max-retries").out == "5\n"
     assert ok("config", "get", "max_retries").out == "5\n"
-    assert ok("config", "list", "--json").json()["max-retries"] == {"value": "5", "set": True}
+    assert ok("config", "list", "--json").json()["max-retries"] == {"value": "5", "set": True, "source": "set"}
     ok("config", "set", "backoff-max", "10m")
     assert ok("config", "get", "backoff_max").out == "10m\n"
     assert "3" in ok("config", "unset", "max-retries").out
     assert ok("config", "get", "max-retries").out == "3\n"
     assert ok("config", "list", "--json").json()["max-retries"]["set"] is False
+
+
+def test_config_list_and_get_show_an_environment_override_as_the_value_in_force(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QUEUECTL_<KEY> overrides the stored value in the process it is set in. Before, `config list` (which says it
+    shows the value in force) and `config get` showed the stored value or the default."""
+    ok("config", "set", "max-retries", "5")
+    monkeypatch.setenv("QUEUECTL_MAX_RETRIES", "7")
+    monkeypatch.setenv("QUEUECTL_KILL_GRACE", "2s")
+    data = ok("config", "list", "--json").json()
+    assert data["max-retries"] == {"value": "7", "set": False, "source": "env"}
+    assert data["kill-grace"] == {"value": "2s", "set": False, "source": "env"}
+    assert ok("config", "get", "max-retries").out == "7\n"
+    line = next(line for line in ok("config", "list").out.splitlines() if line.startswith("max-retries "))
+    assert line.split()[:3] == ["max-retries", "7", "(QUEUECTL_MAX_RETRIES)"]
+    monkeypatch.setenv("QUEUECTL_MAX_RETRIES", "lots")
+    bad = run_cli("config", "list")
+    assert (bad.code, bad.out) == (2, "")
+    assert bad.err == "queuectl: error: QUEUECTL_MAX_RETRIES: max-retries must be a whole number >= 0; got 'lots'\n"
+
+
+def test_config_list_columns_line_up_for_the_longest_key(home: Path) -> None:
+    lines = ok("config", "list").out.splitlines()
+    assert len({line.index("(") for line in lines}) == 1, lines  # each source column, "(default)", starts alike
 
 
 def test_config_is_stored_in_the_database_for_every_process(home: Path) -> None:

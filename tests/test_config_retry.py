@@ -93,9 +93,21 @@ def test_stored_values_override_defaults_and_environment_overrides_stored() -> N
         1, 120.0, None, 3.0)
 
 
-def test_an_invalid_environment_value_is_a_validation_error() -> None:
-    with pytest.raises(ValidationError, match="max-retries"):
+def test_an_invalid_environment_value_is_a_validation_error_naming_the_variable() -> None:
+    with pytest.raises(ValidationError, match=r"^QUEUECTL_MAX_RETRIES: max-retries must be"):
         config.resolve({}, environ={"QUEUECTL_MAX_RETRIES": "lots"})
+
+
+def test_a_stored_value_that_cannot_be_used_leaves_only_its_own_key_at_the_default() -> None:
+    """Only something other than `config set` stores such a value (a hand-edited database). Before, it made an
+    engine ignore every stored value."""
+    stored = {"max-retries": "lots", "backoff-max": "10m", "kill-grace": "-1s"}
+    settings = config.resolve(stored, environ={})
+    assert (settings.max_retries, settings.backoff_max_s, settings.kill_grace_s) == (3, 600.0, 5.0)
+    assert set(config.unusable(stored)) == {"max-retries", "kill-grace"}
+    assert "max-retries must be a whole number" in config.unusable(stored)["max-retries"]
+    assert config.in_force(stored, environ={})["max-retries"] == ("3", "default")
+    assert config.in_force(stored, environ={"QUEUECTL_MAX_RETRIES": "1"})["max-retries"] == ("1", "env")
 
 
 # ---- backoff ------------------------------------------------------------------------------------------------------

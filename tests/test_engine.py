@@ -156,6 +156,32 @@ async def test_per_job_max_retries_overrides_the_configured_default(home: Path, 
         "zero": (DEAD, 1), "four": (DEAD, 5), "default": (DEAD, 3)}
 
 
+async def test_a_stored_value_that_cannot_be_used_costs_only_its_own_key(home: Path, work: Path) -> None:
+    """A hand-edited config row. Before, one such value made the engine ignore every stored value: this job was
+    retried three times (the default) instead of dying at once."""
+    await configure(home, max_retries="0", backoff_max="0.05s")
+    with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
+        db.execute("INSERT INTO config(key, value) VALUES ('kill-grace', 'a while')")
+    async with Queue(home) as q:
+        await add(q, "once", "exit 1", work)
+    _, log = await run_until_idle(home, timeout=20)
+    assert [(j.state, j.attempts) for j in (await jobs_async(home)).values()] == [(DEAD, 1)]
+    said = [line for line in log.splitlines() if "ignoring the stored value of kill-grace" in line]
+    assert len(said) == 1, log  # once, not at every reload
+    assert said[0].endswith("using its default: kill-grace must be a number of seconds or a duration like 30s, 5m, 2h; "
+                            "got 'a while'")
+
+
+def test_an_engine_refuses_a_bad_environment_override_before_claiming(home: Path, work: Path) -> None:
+    """Before, it logged 'ignoring invalid stored config' and ran every job on the defaults."""
+    assert cli(home, "enqueue", "--id", "j1", "--", "true").returncode == 0
+    proc = cli(home, "run", "--until-idle", env={"QUEUECTL_MAX_RETRIES": "abc"})
+    assert proc.returncode == 2
+    assert proc.stderr == "queuectl: error: QUEUECTL_MAX_RETRIES: max-retries must be a whole number >= 0; got 'abc'\n"
+    shown = cli(home, "list", "--json")
+    assert [(j["id"], j["state"]) for j in json.loads(shown.stdout)] == [("j1", "pending")]
+
+
 async def test_job_sees_its_id_and_attempt_number_and_until_idle_waits_for_the_retry(home: Path, work: Path) -> None:
     await configure(home, backoff_max="0.1s")
     async with Queue(home) as q:
