@@ -739,10 +739,10 @@ def test_no_pid_that_a_process_cannot_have_is_alive() -> None:
     assert pid_alive(os.getpid())
 
 
-@pytest.mark.parametrize("pid", [0, 2**40])
-async def test_an_engine_row_with_an_impossible_pid_is_an_engine_gone(home: Path, work: Path, pid: int) -> None:
-    """A hand-edited or corrupted engines row. Before, pid 2**40 made every engine's start-up (the recovery sweep)
-    and `status` fail, and pid 0 made `worker stop` send SIGTERM to its own process group."""
+@pytest.mark.parametrize("pid", [0, 2**40, "not-a-pid", 1.5])
+async def test_an_engine_row_with_an_impossible_pid_is_an_engine_gone(home: Path, work: Path, pid: object) -> None:
+    """A hand-edited or corrupted engines row. Before, pid 2**40 or text made every engine's start-up (the recovery
+    sweep) and `status` fail, and pid 0 made `worker stop` send SIGTERM to its own process group."""
     async with Queue(home) as q:
         await add(q, "held", "true", work)
     host, now = socket.gethostname(), time.time()
@@ -783,21 +783,30 @@ def test_a_job_that_enqueues_a_follow_up_reaches_its_own_engines_queue(tmp_path:
     assert not default.exists()
 
 
-async def test_a_fault_in_a_background_duty_is_logged_and_the_duty_starts_again(home: Path, work: Path) -> None:
-    """An engines row whose pid is text (SQLite keeps what it is given) made the recovery sweep raise: the sweep
-    died in silence, and no job of an engine that died afterwards was ever recovered by this one."""
+async def test_a_fault_in_a_background_duty_is_logged_and_the_duty_starts_again(
+    home: Path, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of the engine's own code in the recovery sweep (injected: once an engines row with a text pid did
+    it) killed the sweep in silence, and no job of an engine that died afterwards was recovered by this one."""
     host = socket.gethostname()
 
     def db_do(sql: str, params: tuple[object, ...] = ()) -> None:
         with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
             db.execute(sql, params)
 
+    faults = [RuntimeError("injected fault")]
+    real_sweep = orphans.kill_leftovers
+
+    def sweep(own_host: str, own_id: str) -> list[str]:
+        if faults:
+            raise faults.pop()
+        return real_sweep(own_host, own_id)
+
     register = "INSERT INTO engines(id, host, pid, workers, started_at, heartbeat_at) VALUES (?, ?, ?, 1, ?, ?)"
     async with engine_in_process(home, workers=1, recover_interval_s=0.1) as (_engine, q, log):
-        db_do(register, (f"{host}-odd-x", host, "not-a-pid", time.time(), time.time()))
-        await await_until(lambda: "recovery: internal error: TypeError" in log.getvalue(), timeout=10,
-                          what="the sweep's fault in the log")
-        db_do("DELETE FROM engines WHERE id = ?", (f"{host}-odd-x",))
+        monkeypatch.setattr(orphans, "kill_leftovers", sweep)  # after start-up's own sweep
+        await await_until(lambda: "recovery: internal error: RuntimeError('injected fault'); starting it again in "
+                          "1.0s" in log.getvalue(), timeout=10, what="the sweep's fault in the log")
         # Then an engine dies holding a job (its pid is one that no longer runs): the sweep, started again, finds it.
         gone = await asyncio.create_subprocess_exec("true")
         await gone.wait()
