@@ -9,6 +9,7 @@ import dataclasses
 import enum
 import functools
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Self
 
@@ -231,7 +232,21 @@ class EngineInfo:
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         values = _own_fields(cls, row)
         values["stop_requested"] = bool(values.get("stop_requested"))
+        # SQLite keeps text in a number column of a hand-edited row: such an engine is one that cannot be alive (pid
+        # 0), started and last heard of at the epoch, so that it is judged gone instead of failing every reader.
+        for name in ("pid", "workers"):
+            if not _is_number(values.get(name), int):
+                values[name] = 0
+        for name in ("started_at", "heartbeat_at"):
+            if not _is_number(values.get(name), float):
+                values[name] = 0.0
         return cls(**values)
+
+
+def _is_number(value: object, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -42,9 +42,7 @@ def pid_alive(pid: int, *, started_by: float | None = None) -> bool:
     """Whether this process still exists: not gone, not a zombie (a killed engine whose parent has not reaped
     it yet still answers kill(pid, 0)), and, when started_by is given, not a newer process that reuses the pid
     (pids wrap around at 32768 here). A pid no process can have (from a hand-edited row) is not alive."""
-    # kill() would ask about a whole process group (0 and below), or every process (-1); and SQLite keeps text or a
-    # fraction in an integer column of a hand-edited row.
-    if not isinstance(pid, int) or pid <= 0:
+    if pid <= 0:  # kill() would ask about a whole process group, or every process
         return False
     try:
         os.kill(pid, 0)

@@ -739,7 +739,7 @@ def test_no_pid_that_a_process_cannot_have_is_alive() -> None:
     assert pid_alive(os.getpid())
 
 
-@pytest.mark.parametrize("pid", [0, 2**40, "not-a-pid", 1.5])
+@pytest.mark.parametrize("pid", [0, 2**40, "not-a-pid", 1.5, "times"])
 async def test_an_engine_row_with_an_impossible_pid_is_an_engine_gone(home: Path, work: Path, pid: object) -> None:
     """A hand-edited or corrupted engines row. Before, pid 2**40 or text made every engine's start-up (the recovery
     sweep) and `status` fail, and pid 0 made `worker stop` send SIGTERM to its own process group."""
@@ -747,8 +747,12 @@ async def test_an_engine_row_with_an_impossible_pid_is_an_engine_gone(home: Path
         await add(q, "held", "true", work)
     host, now = socket.gethostname(), time.time()
     with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
-        db.execute("INSERT INTO engines(id, host, pid, workers, started_at, heartbeat_at) VALUES (?, ?, ?, 1, ?, ?)",
-                   (f"{host}-1-bad", host, pid, now, now))
+        if pid == "times":  # a live pid (init's), but text where its times belong
+            db.execute("INSERT INTO engines(id, host, pid, workers, started_at, heartbeat_at) "
+                       "VALUES (?, ?, 1, 'four', 'yesterday', 'now')", (f"{host}-1-bad", host))
+        else:
+            db.execute("INSERT INTO engines(id, host, pid, workers, started_at, heartbeat_at) "
+                       "VALUES (?, ?, ?, 1, ?, ?)", (f"{host}-1-bad", host, pid, now, now))
         db.execute("UPDATE jobs SET state = 'processing', engine_id = ?, runs = 1, started_at = ? WHERE id = 'held'",
                    (f"{host}-1-bad", now))
     # Its own session: were SIGTERM sent to "process group 0", it would reach this command alone.
