@@ -481,7 +481,11 @@ class Engine:
         self._cancelling.discard(job_id)
         now = time.time()
         outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=now, finished_at=now)
-        self._finished.append(results.decide(claim, outcome, self.settings))
+        try:
+            finished = results.decide(claim, outcome, self.settings)
+        except Exception:  # what broke the attempt may break the decision too: then the dead-letter queue, in sight
+            finished = Finished(claim=claim, outcome=outcome, state=JobState.DEAD)
+        self._finished.append(finished)
 
     def _cron_enqueued(self, ids: list[str]) -> None:
         self.log.emit("cron", f"cron enqueued {', '.join(ids)}", jobs=ids)

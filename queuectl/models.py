@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Self
 
+from queuectl.textfmt import one_line
+
 
 class JobState(enum.StrEnum):
     PENDING = "pending"  # waiting for its run_at
@@ -55,6 +57,14 @@ def _field_count(cls: type) -> int:
 def _field_names(cls: type) -> frozenset[str]:
     # Once per class: dataclasses.fields() walks the class each call, a third of a claimed job's decoding.
     return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+#: Job columns that hold numbers, and what stands in for a value that is not one: SQLite keeps text in a number
+#: column (a row written by something other than queuectl). Such a job is damaged (listed, shown, failed unrun).
+_JOB_NUMBERS: dict[str, float | None] = {
+    "attempts": 0, "runs": 0, "max_retries": None, "priority": 0, "run_at": 0.0, "timeout_s": None,
+    "created_at": 0.0, "updated_at": 0.0, "started_at": None, "finished_at": None, "exit_code": None, "deps_left": 0}
+_NUMBER_TYPES = frozenset({int, float, type(None)})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -132,6 +142,11 @@ class Job:
             except (ValueError, TypeError) as exc:  # one bad row must not stop every listing and every claim
                 values[name] = {} if name == "env" else ()
                 damaged = f"its stored {name} cannot be read ({exc})"
+        for name, stand_in in _JOB_NUMBERS.items():
+            value = values.get(name)
+            if type(value) not in _NUMBER_TYPES:  # text in a number column: see _JOB_NUMBERS
+                values[name] = stand_in
+                damaged = damaged or f"its stored {name} is not a number ({one_line(str(value), 40)!r})"
         values["damaged"] = damaged
         if "cancel_requested" in values:
             values["cancel_requested"] = bool(values["cancel_requested"])

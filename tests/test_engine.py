@@ -730,6 +730,32 @@ async def test_a_row_whose_stored_json_cannot_be_read_fails_alone(
     assert shown.returncode == 0 and f"its stored {column} cannot be read" in shown.stdout, shown.stderr
 
 
+@pytest.mark.parametrize(("column", "value"), [("priority", "high"), ("timeout_s", "soon"), ("max_retries", "lots"),
+                                               ("attempts", "x"), ("run_at", "tomorrow")])
+async def test_a_row_with_text_in_a_number_column_fails_alone(home: Path, work: Path, column: str, value: str) -> None:
+    """SQLite keeps text in a number column. Before, such a row stopped the engine (priority, run_at: at every
+    start), hung it (max_retries: a worker died deciding the retry), or ran the command unwatched (timeout_s)."""
+    await configure(home, backoff_max="0.05s")
+    async with Queue(home) as q:
+        await add(q, "damaged", f"echo ran >> {work}/ran", work, max_retries=0)
+        await add(q, "fine", "true", work)
+    with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
+        db.execute(f"UPDATE jobs SET {column} = ? WHERE id = 'damaged'", (value,))
+    assert f"its stored {column} is not a number ('{value}')" in cli(home, "inspect", "damaged").stdout
+    listed = cli(home, "list")
+    assert listed.returncode == 0 and "damaged" in listed.stdout, listed.stderr
+    await run_until_idle(home, workers=1, timeout=20)
+    found = await jobs_async(home)
+    assert found["fine"].state == COMPLETED
+    if column == "run_at":  # never due (text sorts after every time), and said so
+        assert found["damaged"].state == PENDING
+        assert found["damaged"].damaged == "its stored run_at is not a number ('tomorrow')"
+        return
+    assert found["damaged"].state == DEAD
+    assert found["damaged"].last_error == f"cannot start: its stored {column} is not a number ('{value}')"
+    assert not (work / "ran").exists()
+
+
 def test_no_pid_that_a_process_cannot_have_is_alive() -> None:
     """kill(0, 0) asks about this process group and kill(-1, 0) about every process: both answer yes. A pid beyond
     pid_t made kill() raise OverflowError."""

@@ -324,10 +324,10 @@ def attempts(conn: sqlite3.Connection, job_id: str) -> list[Attempt]:
 
 def counts(conn: sqlite3.Connection, now: float) -> Counts:
     by_state = {JobState(r["state"]): int(r["n"]) for r in conn.execute("SELECT state, n FROM state_counts")}
-    row = conn.execute(
-        f"SELECT run_at FROM jobs INDEXED BY jobs_due WHERE {_RUNNABLE} ORDER BY run_at LIMIT 1"
-    ).fetchone()
-    age = now - row["run_at"] if row is not None and row["run_at"] <= now else None
+    row = conn.execute(  # run_at <= now in SQL: a run_at that is not a number (text sorts last) is never due
+        f"SELECT run_at FROM jobs INDEXED BY jobs_due WHERE {_RUNNABLE} AND run_at <= ? ORDER BY run_at LIMIT 1",
+        (now,)).fetchone()
+    age = now - row["run_at"] if row is not None else None
     return Counts(by_state=by_state, oldest_pending_age_s=age)
 
 
@@ -336,7 +336,8 @@ def next_due(conn: sqlite3.Connection, limit: int) -> list[tuple[float, str]]:
         f"SELECT run_at, id FROM jobs INDEXED BY jobs_due WHERE {_RUNNABLE} ORDER BY run_at, seq LIMIT ?",
         (limit,),
     )
-    return [(float(r["run_at"]), str(r["id"])) for r in rows]
+    # A run_at that is not a number (a hand-edited row; never due, as text sorts after numbers) is left out.
+    return [(float(r["run_at"]), str(r["id"])) for r in rows if type(r["run_at"]) in (int, float)]
 
 
 def change_token(conn: sqlite3.Connection) -> int:
