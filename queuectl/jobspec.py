@@ -52,7 +52,9 @@ class NewJob(NamedTuple):
 JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}\Z")
 MAX_PRIORITY = 1_000_000
 MAX_RETRIES = 1_000
-MAX_COMMAND_BYTES = 1 << 20
+#: The command is one argument of `/bin/sh -c`, and Linux refuses to exec an argument of 128 KiB or more
+#: (MAX_ARG_STRLEN, with its NUL): a longer command could never start.
+MAX_COMMAND_BYTES = (128 << 10) - 1
 #: 9999-12-31T00:00:00Z: timefmt.iso() can show any time before it.
 MAX_RUN_AT = 253402214400.0
 
@@ -176,7 +178,8 @@ def check_command(value: object) -> str:
     if "\x00" in value:
         raise ValidationError("command must not contain NUL bytes")
     if len(check_text(value, "command").encode()) > MAX_COMMAND_BYTES:
-        raise ValidationError(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+        raise ValidationError(f"command is longer than {MAX_COMMAND_BYTES} bytes, the most that Linux passes to "
+                              "/bin/sh -c (put a long script in a file and run that)")
     return value
 
 

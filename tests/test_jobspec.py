@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from queuectl import jobspec
 from queuectl.errors import ValidationError
+from queuectl.runner import run_command
 from queuectl.timefmt import human_duration, iso, parse_duration_s, parse_time
 
 NOW = 1_800_000_000.0
@@ -130,7 +133,18 @@ def test_a_command_with_a_nul_byte_is_refused() -> None:
 
 
 def test_an_oversized_command_is_refused() -> None:
-    refused({"command": "x" * (jobspec.MAX_COMMAND_BYTES + 1)}, "command")
+    refused({"command": "x" * (jobspec.MAX_COMMAND_BYTES + 1)}, "command", "131071 bytes")
+    refused({"command": "é" * (jobspec.MAX_COMMAND_BYTES // 2 + 1)}, "command", "131071 bytes")  # bytes, not chars
+    assert parse({"command": "x" * jobspec.MAX_COMMAND_BYTES}).command
+
+
+async def test_the_longest_command_accepted_can_start(tmp_path: Path) -> None:
+    """A command is one argument of /bin/sh -c: one of 200 KB was accepted, then failed every attempt with
+    "cannot start: Argument list too long"."""
+    longest = "true " + "#" * (jobspec.MAX_COMMAND_BYTES - 5)
+    outcome = await run_command(longest, cwd=str(tmp_path), env=os.environ, log_path=tmp_path / "a.log",
+                                timeout_s=30, kill_grace_s=1)
+    assert (outcome.exit_code, outcome.error) == (0, None)
 
 
 @pytest.mark.parametrize("field", ["bogus", "Command", "retries", "timeout_ms", "engine_id"])

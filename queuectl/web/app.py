@@ -56,8 +56,9 @@ SEARCH_WINDOW = 50_000
 #: The first read of a log shows at most its last 64 KiB; each later read returns at most 256 KiB more.
 LOG_TAIL_BYTES = 64 * 1024
 LOG_CHUNK_BYTES = 256 * 1024
-#: A form body larger than this is refused (a command may be up to 1 MiB).
-MAX_FORM_BYTES = 2 * 1024 * 1024 + 64 * 1024
+#: A form body larger than this is refused: a command of the largest size, each byte form-encoded as %XX, and room
+#: for the other fields.
+MAX_FORM_BYTES = 3 * jobspec.MAX_COMMAND_BYTES + 64 * 1024
 #: How often the live data (counts, engines, running jobs) is read, whatever the number of open pages.
 LIVE_INTERVAL_S = 1.0
 #: The overview's window for rates and newest failures.
