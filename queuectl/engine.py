@@ -100,6 +100,8 @@ class Engine:
         self._shortages = 0
         self._resume_at = 0.0
         self._signals: list[signal.Signals] = []
+        self._listener = wakeup.Listener(options.home, self.id, self._on_wakeup)
+        self._wakeups_lost = False  # the wake-up socket could not be bound (said once)
         #: Stored config values that cannot be used, by key: each is logged when it first appears.
         self._unusable_config: dict[str, str] = {}
 
@@ -152,14 +154,10 @@ class Engine:
         await asyncio.gather(self._reload_settings(), self.store.register_engine(EngineInfo(
             id=self.id, host=self.host, pid=os.getpid(), workers=self.options.workers, started_at=now,
             heartbeat_at=now)))
-        loop = asyncio.get_running_loop()
-        sock: socket.socket | None = None
         try:
-            sock = wakeup.bind(self.options.home, self.id)
-            loop.add_reader(sock.fileno(), self._on_datagram, sock)
-        except OSError as exc:  # still correct without it: changes are then seen by the 1 s change check
-            self.log.emit("no_wakeups", f"no wake-up socket ({exc}): changes from other shells are seen within "
-                          f"{self.options.change_poll_s:g}s", error=str(exc))
+            self._listener.open()
+        except OSError as exc:
+            self._no_wakeups(exc)
         if handle_signals:
             self._install_signal_handlers()
         background: list[asyncio.Task[None]] = []
@@ -197,11 +195,7 @@ class Engine:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            if sock is not None:
-                loop.remove_reader(sock.fileno())
-                sock.close()
-                with contextlib.suppress(OSError):
-                    wakeup.socket_path(self.options.home, self.id).unlink()
+            self._listener.close()
             if handle_signals:
                 self._remove_signal_handlers()
             with contextlib.suppress(StoreError):
@@ -354,10 +348,8 @@ class Engine:
 
     # ---- changes from elsewhere -----------------------------------------------------------------------------
 
-    def _on_datagram(self, sock: socket.socket) -> None:
-        received = wakeup.drain(sock)
-        if received:
-            self._on_change(cancel=wakeup.CANCEL in received)
+    def _on_wakeup(self, received: bytes) -> None:
+        self._on_change(cancel=wakeup.CANCEL in received)
 
     def _on_change(self, *, cancel: bool = True) -> None:
         """Something changed elsewhere (cancel=False: a datagram that said it was not a cancel)."""
@@ -367,7 +359,23 @@ class Engine:
         if cancel and self._running:
             self._cancel_check.set()
 
+    def _no_wakeups(self, exc: OSError) -> None:
+        """Still correct without the socket: changes are then seen by the change check. Said once in a row."""
+        if not self._wakeups_lost:
+            self.log.emit("no_wakeups", f"no wake-up socket ({exc}): changes from other shells are seen within "
+                          f"{self.options.change_poll_s:g}s", error=str(exc))
+        self._wakeups_lost = True
+
     async def _check_changes(self) -> None:
+        try:
+            if self._listener.check():
+                self.log.emit("wakeups_rebound", f"the wake-up socket {self._listener.path} was removed; bound "
+                              "again", path=str(self._listener.path))
+                self._on_change()  # a wake-up may have been missed meanwhile
+        except OSError as exc:
+            self._no_wakeups(exc)
+        else:
+            self._wakeups_lost = False
         token = await self.store.change_token()
         if token != self._token:
             self._token = token

@@ -5,10 +5,11 @@ A lost datagram only costs latency: engines also poll the store's change token.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from queuectl.paths import WAKE_DIR
@@ -96,3 +97,54 @@ def drain(sock: socket.socket) -> bytes:
         except (BlockingIOError, InterruptedError):
             return received
         received += data[:1] or CHANGED
+
+
+class Listener:
+    """An engine's socket, read by the event loop: on_wakeup gets what each batch of datagrams said.
+
+    check() binds it again when its file was removed under the running engine (the data directory cleaned, a tmp
+    cleaner): wake-ups would otherwise miss it for good, and every change from another shell wait for the change
+    check (1 s) instead of a few milliseconds."""
+
+    def __init__(self, home: Path, engine_id: str, on_wakeup: Callable[[bytes], None]) -> None:
+        self._home, self._engine_id = home, engine_id
+        self.path = socket_path(home, engine_id)
+        self._on_wakeup = on_wakeup
+        self._sock: socket.socket | None = None
+        self._inode = 0
+
+    def open(self) -> None:
+        """Bind and start reading; raises OSError if the socket cannot be bound."""
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        sock = bind(self._home, self._engine_id)
+        self._inode = os.stat(self.path).st_ino
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
+        self._sock = sock
+
+    def _readable(self, sock: socket.socket) -> None:
+        received = drain(sock)
+        if received:
+            self._on_wakeup(received)
+
+    def check(self) -> bool:
+        """True if the socket's file was gone (or replaced) and it is bound again; raises OSError if it cannot be."""
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                return False
+        except FileNotFoundError:
+            pass
+        self._stop_reading()
+        self.open()
+        return True
+
+    def _stop_reading(self) -> None:
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def close(self) -> None:
+        self._stop_reading()
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:  # not another engine's that took the name meanwhile
+                self.path.unlink()

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -314,6 +315,22 @@ def test_enqueue_from_another_process_is_picked_up_promptly_by_an_idle_engine(
         done = wait_for_states(home, {job_id: COMPLETED}, timeout=10)[job_id]
         delays.append(float((work / f"start-{n}").read_text()) - done.created_at)
     # the wake-up datagram, not the 1 s change poll or the 5 s idle sleep, must have woken the engine
+    assert max(delays) < 0.5, f"pickup delays {delays}"
+
+
+def test_an_engine_whose_wakeup_socket_was_removed_binds_it_again(home: Path, work: Path, engines: Engines) -> None:
+    """The data directory cleaned under a running engine (a tmp cleaner): before, wake-ups missed it for good, and
+    every enqueue from another shell waited for the 1 s change check."""
+    engine = engines.start(workers=1)
+    own = engine.wait_started()
+    shutil.rmtree(home / "wake")
+    engine.wait_log("was removed; bound again", timeout=10)
+    assert [p.name for p in (home / "wake").iterdir()] == [f"{own}.sock"]
+    delays = []
+    for n in range(5):
+        job_id = enqueue(home, f"date +%s.%N > {work}/start-{n}", id=f"quick{n}", cwd=work)
+        done = wait_for_states(home, {job_id: COMPLETED}, timeout=10)[job_id]
+        delays.append(float((work / f"start-{n}").read_text()) - done.created_at)
     assert max(delays) < 0.5, f"pickup delays {delays}"
 
 
