@@ -5,14 +5,17 @@ A lost datagram only costs latency: engines also poll the store's change token.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from queuectl.paths import WAKE_DIR
+
+if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
 
 
 def socket_path(home: Path, engine_id: str) -> Path:
@@ -118,7 +121,7 @@ class Listener:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         sock = bind(self._home, self._engine_id)
         self._inode = os.stat(self.path).st_ino
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
+        _running_loop().add_reader(sock.fileno(), self._readable, sock)
         self._sock = sock
 
     def _readable(self, sock: socket.socket) -> None:
@@ -139,7 +142,7 @@ class Listener:
 
     def _stop_reading(self) -> None:
         if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            _running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
 
@@ -148,3 +151,9 @@ class Listener:
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self._inode:  # not another engine's that took the name meanwhile
                 self.path.unlink()
+
+
+def _running_loop() -> AbstractEventLoop:
+    import asyncio  # here, not at the top: the enqueue fast path imports this module and never needs asyncio
+
+    return asyncio.get_running_loop()
