@@ -5,6 +5,7 @@ Imports nothing heavy: the enqueue fast path (fastpath.py) uses it before asynci
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -236,7 +237,7 @@ def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = Non
         timeout_s = parse_duration_s(raw_timeout, "timeout")
         if timeout_s <= 0:
             raise ValidationError(f"timeout must be > 0 seconds; got {raw_timeout!r}")
-    job_cwd = obj.get("cwd", cwd if cwd is not None else current_dir())
+    job_cwd = obj["cwd"] if "cwd" in obj else cwd if cwd is not None else current_dir()
     if not isinstance(job_cwd, str) or not os.path.isabs(job_cwd) or "\x00" in job_cwd:
         raise ValidationError(f"cwd must be an absolute path (without NUL bytes); got {job_cwd!r}")
     check_text(job_cwd, "cwd (the directory the command runs in)")
@@ -257,10 +258,12 @@ def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = Non
 
 
 def current_dir() -> str:
+    """The directory a job without its own cwd runs in: the one it is enqueued from."""
     try:
         return os.getcwd()
-    except OSError:  # the shell's directory was removed under it
-        return "/"
+    except OSError as exc:  # the shell's directory was removed under it: not "/" in its place, where `rm -r *` ran
+        raise ValidationError(f"the current directory cannot be read ({exc.strerror}: removed?), and a job runs "
+                              "where it is enqueued from: cd to another directory, or give the job a cwd") from None
 
 
 def _loads(text: str) -> object:
@@ -280,7 +283,9 @@ def from_json_lines(lines: Iterable[str], *, now: float | None = None, cwd: str 
     jobs: list[NewJob] = []
     seen: set[str] = set()
     now = time.time() if now is None else now
-    cwd = current_dir() if cwd is None else cwd
+    if cwd is None:
+        with contextlib.suppress(ValidationError):  # then each job without a cwd of its own says why it cannot
+            cwd = current_dir()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -250,6 +250,23 @@ def test_bytes_that_are_not_utf8_in_a_real_command_line_and_directory(queue: dic
     assert snapshot(queue["home"]) == queue["before"]
 
 
+def test_enqueue_from_a_directory_removed_under_the_shell(queue: dict[str, Any], tmp_path: Path) -> None:
+    """Before, such a job ran in / instead (where a relative `rm -r *` would have run too)."""
+    def from_removed_dir(*args: str, input: str = "") -> Result:
+        script = 'mkdir "$0/gone" && cd "$0/gone" && rmdir "$0/gone" && exec "$@"'
+        done = subprocess.run(["sh", "-c", script, str(tmp_path), *proc_argv(*args)], input=input,
+                              capture_output=True, text=True, env=proc_env(queue["home"]), timeout=60, check=False)
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    for refused_args in (["enqueue", "--", "pwd"], ["cron", "add", "nightly", "0 3 * * *", "--", "pwd"]):
+        assert_one_line_error(from_removed_dir(*refused_args), USAGE, "current directory", "give the job a cwd")
+    batch = from_removed_dir("enqueue", "--file", "-", input='{"command":"pwd","cwd":"/tmp"}\n{"command":"pwd"}\n')
+    assert_one_line_error(batch, USAGE, "line 2", "current directory")
+    assert snapshot(queue["home"]) == queue["before"]
+    given = from_removed_dir("enqueue", '{"id":"elsewhere","command":"pwd","cwd":"/tmp"}')
+    assert (given.code, given.out) == (0, "elsewhere\n"), given
+
+
 def test_delete_of_a_running_job_is_refused(queue: dict[str, Any]) -> None:
     refused(queue, ["delete", "j-pending", "j-running"], FAILED, "j-running")
 
