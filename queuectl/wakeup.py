@@ -120,8 +120,12 @@ class Listener:
         """Bind and start reading; raises OSError if the socket cannot be bound."""
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         sock = bind(self._home, self._engine_id)
-        self._inode = os.stat(self.path).st_ino
-        _running_loop().add_reader(sock.fileno(), self._readable, sock)
+        try:
+            self._inode = os.stat(self.path).st_ino
+            _running_loop().add_reader(sock.fileno(), self._readable, sock)
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
 
     def _readable(self, sock: socket.socket) -> None:
