@@ -71,6 +71,14 @@ async def test_missing_command_exits_127_and_says_so(work: Path, tmp_path: Path)
     assert "no-such-command-queuectl-test" in log.read_text()  # the shell's own message is kept
 
 
+@pytest.mark.parametrize("command", ["-x", "--version", "-e echo hi"])
+async def test_a_command_starting_with_a_dash_is_a_command_not_found(command: str, work: Path, tmp_path: Path) -> None:
+    """/bin/sh -c took it for its own options: exit 2, "Illegal option"."""
+    outcome = await run(command, work, tmp_path / "a.log")
+    assert (outcome.exit_code, outcome.error) == (127, "exit code 127 (command not found)")
+    assert "not found" in outcome.output_tail
+
+
 async def test_command_that_cannot_be_executed_exits_126(work: Path, tmp_path: Path) -> None:
     script = work / "not-executable.sh"
     script.write_text("#!/bin/sh\necho hi\n")
