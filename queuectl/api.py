@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from queuectl import config, paths, wakeup
 from queuectl.errors import ConflictError, NotFoundError, StoreError, ValidationError
 from queuectl.jobspec import NewJob, check_name
 from queuectl.models import TERMINAL_STATES, Attempt, Counts, CronEntry, EngineInfo, Job, JobState, QueueInfo, Webhook
-from queuectl.procs import pid_alive
+from queuectl.procs import host_key, pid_alive
 from queuectl.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -139,7 +138,7 @@ class Queue:
     async def live_engines(self) -> list[EngineInfo]:
         """Registered engines that are still there: on this host, their pid is alive; elsewhere, their heartbeat
         is fresh. (A killed engine keeps its row until another engine recovers its jobs.)"""
-        host, now = socket.gethostname(), time.time()
+        host, now = host_key(), time.time()
         return [e for e in await self.store.engines()
                 if (pid_alive(e.pid, started_by=e.started_at) if e.host == host
                     else now - e.heartbeat_at < ENGINE_STALE_AFTER_S)]
@@ -300,7 +299,7 @@ class Queue:
         if not engines:
             return []
         await self.store.request_stop([e.id for e in engines])
-        host = socket.gethostname()
+        host = host_key()
         for engine in engines:
             if engine.host == host:  # live_engines: pid_alive, which no pid <= 0 passes (kill(0) or kill(-1))
                 with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from queuectl import api, config, jobspec, output
+from queuectl import api, config, jobspec, output, pid1
 from queuectl.errors import QueueCtlError, ValidationError, report
 from queuectl.models import JobState
 from queuectl.paths import default_home
@@ -185,6 +185,7 @@ def _run_engine(workers: int, until_idle: bool, grace: str | None, log_format: s
     served = tuple(dict.fromkeys(jobspec.check_name(q, "queue name") for q in queues)) if queues else None
     options = EngineOptions(home=ctx().home, workers=workers, until_idle=until_idle, grace_s=grace_s,
                             queues=served)
+    pid1.engine_not_pid1()  # in a container, as its first process: an init stays behind to reap (before threads)
     log = EventLog(log_format)
     url = ctx().database_url
     if url is not None:  # what the jobs' own `queuectl` commands use (the engine adds QUEUECTL_HOME)

@@ -16,7 +16,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -31,7 +30,7 @@ from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, Finished, JobState, Outcome
 from queuectl.notify import Notifier
 from queuectl.paths import LOGS_DIR, attempt_log_file, check_text_path, loose_permissions
-from queuectl.procs import pid_alive
+from queuectl.procs import host_key, pid_alive
 from queuectl.runner import ResourceShortage, run_command
 from queuectl.scheduler import DueHeap
 from queuectl.store.base import Store
@@ -51,7 +50,7 @@ class Engine:
         self.options = options
         self.log = log or EventLog()
         self._owns_log = log is None  # then run() closes it (its writer thread) when it returns
-        self.host = socket.gethostname()
+        self.host = host_key()  # the host name, and the pid namespace inside a container (see host_key)
         self.id = orphans.engine_id(self.host, os.getpid(), secrets.token_hex(4))
         self.summary = Summary()
         self.settings = config.Settings()

@@ -5,7 +5,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import socket
 from collections.abc import Collection
+
+#: The inode of the host's own pid namespace (the kernel's PROC_PID_INIT_INO).
+_HOST_PID_NAMESPACE = 0xEFFFFFFC
+
+
+def host_key() -> str:
+    """Where a pid names a process: the host name, and the pid namespace when it is not the host's own. Containers
+    that share the host's name (host networking, a fixed `hostname:` for several replicas) number their processes
+    each on their own: with the name alone, an engine in one took the pid of an engine in another for one of its
+    own (alive: signalled by `worker stop`; gone: its running jobs recovered and run twice)."""
+    name = socket.gethostname()
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no /proc (or not Linux): the name alone, as before
+        return name
+    return name if namespace == _HOST_PID_NAMESPACE else f"{name}~pidns{namespace}"
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:

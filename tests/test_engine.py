@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from queuectl import engine as engine_module
 from queuectl import jobspec, orphans
 from queuectl.api import Queue
 from queuectl.models import AttemptStatus, JobState, Outcome
-from queuectl.procs import pid_alive
+from queuectl.procs import host_key, pid_alive
 from queuectl.timefmt import iso
 from tests.engine_helpers import (
     QUEUECTL,
@@ -788,7 +787,7 @@ async def test_an_engine_row_with_an_impossible_pid_is_an_engine_gone(home: Path
     sweep) and `status` fail, and pid 0 made `worker stop` send SIGTERM to its own process group."""
     async with Queue(home) as q:
         await add(q, "held", "true", work)
-    host, now = socket.gethostname(), time.time()
+    host, now = host_key(), time.time()
     with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
         if pid == "times":  # a live pid (init's), but text where its times belong
             db.execute("INSERT INTO engines(id, host, pid, workers, started_at, heartbeat_at) "
@@ -835,7 +834,7 @@ async def test_a_fault_in_a_background_duty_is_logged_and_the_duty_starts_again(
 ) -> None:
     """A fault of the engine's own code in the recovery sweep (injected: once an engines row with a text pid did
     it) killed the sweep in silence, and no job of an engine that died afterwards was recovered by this one."""
-    host = socket.gethostname()
+    host = host_key()
 
     def db_do(sql: str, params: tuple[object, ...] = ()) -> None:
         with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:

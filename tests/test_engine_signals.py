@@ -3,6 +3,7 @@ recovery (at start, and by another engine while it runs)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from queuectl import jobspec, orphans
 from queuectl.api import Queue
 from queuectl.models import AttemptStatus, EngineInfo, JobState
+from queuectl.procs import host_key
 from tests.engine_helpers import (
     QUEUECTL,
     Engines,
@@ -279,7 +281,7 @@ def test_an_engine_started_from_a_dead_engines_job_does_not_kill_itself(home: Pa
     a job of an engine now gone found its own process group among that engine's leftovers, and SIGKILLed it."""
     gone = subprocess.Popen(["true"])  # a pid that no longer runs
     gone.wait()
-    env = cli_env(home, {orphans.ENGINE_ENV: orphans.engine_id(socket.gethostname(), gone.pid, "gone")})
+    env = cli_env(home, {orphans.ENGINE_ENV: orphans.engine_id(host_key(), gone.pid, "gone")})
     enqueue(home, "echo ran", id="j1", cwd=work)
     # Its own session: the group it would kill is its own alone.
     proc = subprocess.run([*QUEUECTL, "run", "--until-idle"], env=env, capture_output=True, text=True, timeout=60,
@@ -346,6 +348,85 @@ async def test_jobs_of_a_live_engine_on_another_host_are_left_alone(home: Path, 
     found = (await jobs_async(home))["remote"]
     assert found.state == PROCESSING
     assert found.engine_id == fake_id
+
+
+_UNSHARE = ["unshare", "--fork", "--kill-child", "--pid", "--mount-proc"]
+
+
+def _pid_namespaces_permitted() -> bool:
+    try:
+        return subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+def test_an_engine_in_its_own_pid_namespace_is_not_judged_by_its_pid_from_outside(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    """A container that shares the host's name (host networking, several replicas with one `hostname:`) numbers its
+    processes itself. Before, an engine outside took such an engine's pid (2 here) for one of its own: `worker stop`
+    sent SIGTERM to that pid on the host, and a pid not alive here made its running jobs look abandoned."""
+    inside = engines.start(workers=1, launcher=_UNSHARE)
+    inside_id = inside.wait_started()
+    enqueue(home, f"touch {work}/started; while [ ! -f {work}/go ]; do sleep 0.05; done", id="held", cwd=work)
+    wait_until(lambda: (work / "started").exists() or None, timeout=20, what="the job to start inside")
+    [row] = [e for e in asyncio.run(_engines(home)) if e.id == inside_id]
+    assert row.pid == 2  # the pid it has in its own namespace (1 is the init it left behind, see pid1.py)
+    assert row.host != host_key() and row.host.startswith(f"{socket.gethostname()}~pidns"), row.host
+    # An engine outside, starting while that job runs: it must not recover it (its pid means nothing here).
+    summary, _log = asyncio.run(run_until_idle(home, timeout=20))
+    assert summary.recovered == 0
+    # `worker stop` outside reaches it through the store, at its next heartbeat, not by a signal to "pid 1".
+    stop = cli(home, "worker", "stop")
+    assert stop.returncode == 0 and f"{inside_id} (pid 2 on {row.host}) asked to stop" in stop.stdout, stop
+    (work / "go").touch()
+    assert inside.wait_exit(timeout=30) == 0, inside.log()
+    done = job(home, "held")
+    assert (done.state, done.runs) == (COMPLETED, 1)
+
+
+@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+def test_as_a_containers_first_process_the_engine_leaves_an_init_that_reaps_and_passes_signals_on(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    """`CMD ["queuectl", "run"]`: processes a job left behind are handed to pid 1 when they end their parent. Before,
+    pid 1 was the engine, which reaps only its own commands: each became a zombie for the container's life."""
+    inside = engines.start(workers=2, launcher=_UNSHARE)
+    inside.wait_started()
+    init = int(Path(f"/proc/{inside.pid}/task/{inside.pid}/children").read_text().split()[0])
+    for n in range(3):  # each leaves a process that ends 0.2 s after its job: handed to pid 1, then ended
+        enqueue(home, f"sh -c 'sleep 0.2; echo left >> {work}/left' & true", id=f"leaves{n}", cwd=work)
+    wait_for_states(home, {f"leaves{n}": COMPLETED for n in range(3)}, timeout=20)
+    wait_until(lambda: len((work / "left").read_text().split()) == 3 if (work / "left").exists() else None,
+               timeout=20, what="the processes left behind to end")
+
+    def zombies_of_pid1() -> list[int]:
+        children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
+        return [int(c) for c in children if _state(int(c)) == "Z"]
+
+    wait_until(lambda: zombies_of_pid1() == [] or None, timeout=10, what="pid 1 to reap what was handed to it")
+    engine = int(Path(f"/proc/{init}/task/{init}/children").read_text().split()[0])
+    assert _state(engine) != "Z"  # pid 1's one child left: the engine, running
+    os.kill(init, signal.SIGTERM)  # what `docker stop` sends pid 1: passed on, a graceful stop
+    assert inside.wait_exit(timeout=30) == 0, inside.log()
+    assert "engine stopped after" in inside.log()
+    refused = subprocess.run([*_UNSHARE, *QUEUECTL, "run", "--until-idle"], capture_output=True, text=True,
+                             env=cli_env(home, {"QUEUECTL_MAX_RETRIES": "lots"}), timeout=60, check=False)
+    assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused  # the engine's status, via pid 1
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rfind(")") + 2]
+
+
+async def _engines(home: Path) -> list[EngineInfo]:
+    async with Queue(home) as q:
+        return await q.store.engines()
 
 
 def test_an_engine_whose_log_nobody_reads_goes_on_running_jobs_and_stops_on_sigint(home: Path, work: Path) -> None:
