@@ -9,6 +9,7 @@ on to the engine, reaps every process handed to it, and exits as the engine did.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -27,9 +28,13 @@ def engine_not_pid1() -> None:
     engine = os.fork()  # before any thread is started: the caller runs this first
     if engine == 0:
         return
+    def pass_on(received: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the engine ended a moment ago: os.wait() below says so
+            os.kill(engine, received)
+
     for sig in FORWARDED:
         if signal.getsignal(sig) != signal.SIG_IGN:
-            signal.signal(sig, lambda received, _frame: os.kill(engine, received))
+            signal.signal(sig, pass_on)
     while True:
         try:
             pid, status = os.wait()  # the engine's end, or any process handed to pid 1: reaped either way
