@@ -228,7 +228,7 @@ def detail_text(d: JobDetail) -> None:
 
 def config_text(items: dict[str, tuple[str, str]], helps: dict[str, str], env_names: dict[str, str]) -> None:
     name_w = max(map(len, items))
-    value_w = max(8, *(len(value) for value, _ in items.values() if len(value) <= 24))
+    value_w = max([8, *(len(value) for value, _ in items.values() if len(value) <= 24)])  # a long one overflows
     for name, (value, source) in items.items():
         shown = f"({env_names[name]})" if source == "env" else f"({source})"
         print(f"{name:<{name_w}}  {value:<{value_w}}  {shown:<10} {helps[name]}")
