@@ -27,6 +27,7 @@ def engine_not_pid1() -> None:
     sys.stderr.flush()
     engine = os.fork()  # before any thread is started: the caller runs this first
     if engine == 0:
+        _own_group()
         return
     def pass_on(received: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):  # the engine ended a moment ago: os.wait() below says so
@@ -43,3 +44,18 @@ def engine_not_pid1() -> None:
         if pid == engine:
             code = os.waitstatus_to_exitcode(status)
             os._exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell reports it
+
+
+def _own_group() -> None:
+    """The engine leads a process group of its own and, on a terminal (`docker run -it`), the terminal's foreground
+    one: Ctrl-C then reaches the engine once, from the terminal, instead of twice (the terminal's and pid 1's
+    passed on), which made one Ctrl-C a fast stop. (What tini does.)"""
+    os.setpgid(0, 0)
+    with contextlib.suppress(OSError):  # no terminal: nothing to do
+        if os.isatty(0):
+            # Taking the terminal from the background would stop us with SIGTTOU: ignored for that one call.
+            previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                os.tcsetpgrp(0, os.getpgrp())
+            finally:
+                signal.signal(signal.SIGTTOU, previous)

@@ -35,6 +35,7 @@ from tests.engine_helpers import (
     job,
     jobs,
     jobs_async,
+    kill_processes_of_home,
     process_gone,
     run_until_idle,
     wait_for_pids,
@@ -414,6 +415,38 @@ def test_as_a_containers_first_process_the_engine_leaves_an_init_that_reaps_and_
     refused = subprocess.run([*_UNSHARE, *QUEUECTL, "run", "--until-idle"], capture_output=True, text=True,
                              env=cli_env(home, {"QUEUECTL_MAX_RETRIES": "lots"}), timeout=60, check=False)
     assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused  # the engine's status, via pid 1
+
+
+@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+def test_as_a_containers_first_process_on_a_terminal_one_ctrl_c_is_a_graceful_stop(
+    home: Path, work: Path, tmp_path: Path
+) -> None:
+    """`docker run -it ... queuectl run`: Ctrl-C goes to the terminal's foreground process group. Before, pid 1 and
+    the engine were both in it, so the engine had SIGINT twice (the terminal's, and pid 1's passed on): one Ctrl-C
+    was a fast stop that terminated the running jobs."""
+    master, terminal = os.openpty()
+    log = tmp_path / "engine.log"
+    with open(log, "wb") as err:
+        engine = subprocess.Popen(["setsid", "--ctty", *_UNSHARE, *QUEUECTL, "run"], stdin=terminal, stdout=terminal,
+                                  stderr=err, env=cli_env(home))
+    os.close(terminal)
+    try:
+        wait_until(lambda: "started with" in log.read_text() or None, timeout=20, what="the engine to start")
+        enqueue(home, f"touch {work}/started; while [ ! -f {work}/go ]; do sleep 0.05; done", id="held", cwd=work)
+        wait_until(lambda: (work / "started").exists() or None, timeout=20, what="the job to start")
+        os.write(master, b"\x03")  # Ctrl-C
+        wait_until(lambda: " stopping: " in log.read_text() or None, timeout=10, what="a graceful stop")
+        (work / "go").touch()
+        assert engine.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait(timeout=10)
+        kill_processes_of_home(home)
+        os.close(master)
+    assert "stopping now" not in log.read_text()
+    done = job(home, "held")
+    assert (done.state, done.runs) == (COMPLETED, 1)
 
 
 def _state(pid: int) -> str:
