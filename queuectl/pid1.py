@@ -25,7 +25,12 @@ def engine_not_pid1() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    engine = os.fork()  # before any thread is started: the caller runs this first
+    try:
+        engine = os.fork()  # before any thread is started: the caller runs this first
+    except OSError as exc:  # out of processes or memory already: run the engine as pid 1, as before, and say so
+        sys.stderr.write(f"queuectl: warning: running as pid 1 without an init to reap left-behind processes "
+                         f"({exc.strerror})\n")
+        return
     if engine == 0:
         _own_group()
         return
