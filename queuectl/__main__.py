@@ -21,8 +21,16 @@ def _fill_closed_stdio() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
 
 
+def _lenient_stdout() -> None:
+    """An output that cannot show every character (PYTHONIOENCODING=ascii, a Latin-1 locale) gets `\\xe9` for what
+    it cannot show, as stderr always does, instead of failing the command halfway through its output."""
+    if sys.stdout.errors == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     _fill_closed_stdio()
+    _lenient_stdout()
     argv = sys.argv[1:]
     if argv[:1] == ["enqueue"] or (len(argv) > 2 and argv[0] == "--home" and argv[2] == "enqueue"):
         from queuectl.fastpath import try_enqueue

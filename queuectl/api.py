@@ -268,15 +268,14 @@ class Queue:
 
     # ---- config ----------------------------------------------------------------------------------------------
 
-    async def config_list(self) -> dict[str, tuple[str, str]]:
-        """Every key: (the value in force in this process, its source: "env" (QUEUECTL_<KEY>), "set" or
-        "default")."""
+    async def config_list(self) -> dict[str, config.InForce]:
+        """Every key: the value in force in this process, and where it comes from (see config.InForce)."""
         return config.in_force(await self.store.config_items())
 
     async def config_get(self, name: str) -> str:
         """The value in force in this process (see config_list)."""
         key = config.canonical_key(name)
-        return config.in_force(await self.store.config_items())[key.name][0]
+        return config.in_force(await self.store.config_items())[key.name].value
 
     async def config_set(self, name: str, value: str) -> tuple[str, str]:
         key, raw = config.validate(name, value)

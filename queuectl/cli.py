@@ -364,7 +364,7 @@ def config_list(as_json: JsonOpt = False) -> None:
     """Every key with the value in force."""
     items = call(lambda q: q.config_list())
     if as_json:
-        output.print_json({k: {"value": v, "set": s == "set", "source": s} for k, (v, s) in items.items()})
+        output.print_json({k: {"value": i.value, "set": i.stored, "source": i.source} for k, i in items.items()})
     else:
         output.config_text(items, {k: key.help for k, key in config.KEYS.items()},
                            {k: config.env_name(key) for k, key in config.KEYS.items()})
@@ -420,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         return report("interrupted", 130)
     except BrokenPipeError:
         return 1
-    except UnicodeEncodeError as exc:  # an argument with bytes that are not UTF-8, on its way to the store
+    except UnicodeEncodeError as exc:
+        if exc.encoding.replace("-", "").lower() != "utf8" or not 0xD800 <= ord(exc.object[exc.start]) <= 0xDFFF:
+            return report(f"internal error: {exc!r}", 1)  # not input: an output that cannot show some text, say
+        # An argument with bytes that are not UTF-8, on its way to the store.
         return report(f"'{one_line(exc.object, 80)}' is not valid UTF-8 text: {jobspec.not_utf8(exc)}", 2)
     except Exception as exc:
         message = getattr(exc, "format_message", None)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from queuectl.errors import ValidationError
 from queuectl.timefmt import parse_duration_s
@@ -188,11 +188,15 @@ def unusable(stored: Mapping[str, str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, raw in stored.items():
         key = KEYS.get(name)
-        if key is not None:
-            try:
-                key.parse(raw, key.name)
-            except ValidationError as exc:
-                found[name] = str(exc)
+        if key is None:
+            continue
+        if not isinstance(raw, str):  # SQLite keeps a BLOB or a number in a TEXT column of a hand-edited row
+            found[name] = f"{name} is stored as {type(raw).__name__}, not text"
+            continue
+        try:
+            key.parse(raw, key.name)
+        except ValidationError as exc:
+            found[name] = str(exc)
     return found
 
 
@@ -207,16 +211,25 @@ def resolve(stored: Mapping[str, str], environ: Mapping[str, str] | None = None)
     return Settings(**values)
 
 
-def in_force(stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
-    """Every key: (the value in force, where it comes from: "env", "set" (stored) or "default")."""
+class InForce(NamedTuple):
+    value: str
+    #: Where the value comes from: "env" (QUEUECTL_<KEY>), "set" (stored) or "default".
+    source: str
+    #: Whether a usable value is stored (under an environment override, too).
+    stored: bool
+
+
+def in_force(stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, InForce]:
+    """Every key: the value in force in this process, and where it comes from."""
     overrides, bad = env_overrides(environ), unusable(stored)
-    shown: dict[str, tuple[str, str]] = {}
+    shown: dict[str, InForce] = {}
     for name, key in KEYS.items():
+        usable = name in stored and name not in bad
         if name in overrides:
-            shown[name] = (overrides[name], "env")
-        elif name in stored and name not in bad:
-            shown[name] = (stored[name], "set")
+            shown[name] = InForce(overrides[name], "env", usable)
+        elif usable:
+            shown[name] = InForce(stored[name], "set", True)
         else:
-            shown[name] = (key.default, "default")
+            shown[name] = InForce(key.default, "default", False)
     return shown
 

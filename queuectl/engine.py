@@ -30,7 +30,7 @@ from queuectl.events import EventLog
 from queuectl.models import Claim, EngineInfo, Finished, JobState, Outcome
 from queuectl.notify import Notifier
 from queuectl.paths import LOGS_DIR, attempt_log_file, check_text_path, loose_permissions
-from queuectl.procs import host_key, pid_alive
+from queuectl.procs import host_key, pid_alive, unseen_namespace
 from queuectl.runner import ResourceShortage, run_command
 from queuectl.scheduler import DueHeap
 from queuectl.store.base import Store
@@ -195,10 +195,10 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             self._listener.close()
-            if handle_signals:
-                self._remove_signal_handlers()
             with contextlib.suppress(StoreError):
                 await self.store.deregister_engine(self.id)
+            if handle_signals:  # after the last await: a stop signal meanwhile is one more stop request, not death
+                self._remove_signal_handlers()
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
             logsink.close_lingering()
@@ -339,11 +339,27 @@ class Engine:
         if counts is None:
             return False
         if counts.by_state.get(JobState.FAILED, 0) == 0 and counts.oldest_pending_age_s is None:
-            return True
+            return not await self._held_in_doubt()
         # Due work may all be in paused queues or in queues this engine does not serve.
         work = await self._store_call(
             lambda: self.store.has_work(now=self._due_now(), served=self.options.queues), default=True)
-        return not work
+        return not work and not await self._held_in_doubt()
+
+    async def _held_in_doubt(self) -> bool:
+        """Whether an engine that may be dead holds jobs: one of this host name in another pid namespace (this
+        container before its restart, say), whose pid cannot be checked from here, with a heartbeat not yet stale.
+        --until-idle waits for those jobs: once its heartbeat is stale they are recovered, and run here."""
+        now = time.time()
+        engines = await self._store_call(self.store.engines, default=None)
+        if engines is None:
+            return True
+        doubtful = {e.id for e in engines if unseen_namespace(e.host, self.host)
+                    and now - e.heartbeat_at < self.options.stale_after_s}
+        if not doubtful:
+            return False
+        held = await self._store_call(lambda: self.store.list_jobs(state=JobState.PROCESSING, limit=1_000_000),
+                                      default=None)
+        return held is None or any(job.engine_id in doubtful for job in held)
 
     # ---- changes from elsewhere -----------------------------------------------------------------------------
 
@@ -399,6 +415,10 @@ class Engine:
             self.notifier.configure(self.settings, await self.store.webhooks())
         except StoreError as exc:
             self.log.emit("store_error", f"cannot read config: {exc}", error=str(exc))
+            return
+        except Exception as exc:  # a fault of ours in reading it: the settings in force stay, and it is said
+            self.log.emit("config_error", f"cannot use the stored config, keeping the settings in force: {exc!r}",
+                          error=repr(exc))
             return
         # A value stored by something other than `config set` leaves its key at the default: said once, not at
         # every reload (every change seen).

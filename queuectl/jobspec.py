@@ -54,8 +54,9 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}\Z")
 MAX_PRIORITY = 1_000_000
 MAX_RETRIES = 1_000
 #: The command is one argument of `/bin/sh -c`, and Linux refuses to exec an argument of 128 KiB or more
-#: (MAX_ARG_STRLEN, with its NUL): a longer command could never start.
-MAX_COMMAND_BYTES = (128 << 10) - 1
+#: (MAX_ARG_STRLEN, with its NUL): a longer command could never start. One byte less again: the runner puts a space
+#: before a command that starts with "-" or "+".
+MAX_COMMAND_BYTES = (128 << 10) - 2
 #: 9999-12-31T00:00:00Z: timefmt.iso() can show any time before it.
 MAX_RUN_AT = 253402214400.0
 

@@ -14,6 +14,7 @@ from queuectl.timefmt import human_duration, iso
 
 if TYPE_CHECKING:
     from queuectl.api import JobDetail, Status
+    from queuectl.config import InForce
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -226,9 +227,9 @@ def detail_text(d: JobDetail) -> None:
         sys.stdout.write(tail if tail.endswith("\n") else tail + "\n")
 
 
-def config_text(items: dict[str, tuple[str, str]], helps: dict[str, str], env_names: dict[str, str]) -> None:
+def config_text(items: dict[str, InForce], helps: dict[str, str], env_names: dict[str, str]) -> None:
     name_w = max(map(len, items))
-    value_w = max([8, *(len(value) for value, _ in items.values() if len(value) <= 24)])  # a long one overflows
-    for name, (value, source) in items.items():
-        shown = f"({env_names[name]})" if source == "env" else f"({source})"
-        print(f"{name:<{name_w}}  {value:<{value_w}}  {shown:<10} {helps[name]}")
+    value_w = max([8, *(len(i.value) for i in items.values() if len(i.value) <= 24)])  # a long one overflows
+    for name, item in items.items():
+        shown = f"({env_names[name]})" if item.source == "env" else f"({item.source})"
+        print(f"{name:<{name_w}}  {item.value:<{value_w}}  {shown:<10} {helps[name]}")

@@ -14,8 +14,10 @@ import os
 import signal
 import sys
 
-#: What pid 1 passes on to the engine. A signal ignored from the start (`nohup`) stays ignored, in both.
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+#: What pid 1 passes on to the engine: the engine's stop signals. Any other signal reaches pid 1 alone, which has no
+#: handler for it, and the kernel drops it, as it did when the engine itself was pid 1. A signal ignored from the
+#: start (`nohup`) stays ignored, in both.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def engine_not_pid1() -> None:
@@ -25,15 +27,24 @@ def engine_not_pid1() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    # Held back until pid 1 can pass them on: one that came in between would be dropped (pid 1 without a handler),
+    # or SIGINT would end pid 1, and with it the engine.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         engine = os.fork()  # before any thread is started: the caller runs this first
     except OSError as exc:  # out of processes or memory already: run the engine as pid 1, as before, and say so
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         sys.stderr.write(f"queuectl: warning: running as pid 1 without an init to reap left-behind processes "
                          f"({exc.strerror})\n")
         return
     if engine == 0:
-        _own_group()
+        # A process group of its own: Ctrl-C on a terminal (`docker run -it`) goes to the foreground group, pid 1's,
+        # and so reaches the engine once, passed on, not twice (that made one Ctrl-C a fast stop). Ctrl-Z and Ctrl-\
+        # reach pid 1 alone, which drops them.
+        os.setpgid(0, 0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         return
+
     def pass_on(received: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):  # the engine ended a moment ago: os.wait() below says so
             os.kill(engine, received)
@@ -41,6 +52,7 @@ def engine_not_pid1() -> None:
     for sig in FORWARDED:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, pass_on)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     while True:
         try:
             pid, status = os.wait()  # the engine's end, or any process handed to pid 1: reaped either way
@@ -49,18 +61,3 @@ def engine_not_pid1() -> None:
         if pid == engine:
             code = os.waitstatus_to_exitcode(status)
             os._exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell reports it
-
-
-def _own_group() -> None:
-    """The engine leads a process group of its own and, on a terminal (`docker run -it`), the terminal's foreground
-    one: Ctrl-C then reaches the engine once, from the terminal, instead of twice (the terminal's and pid 1's
-    passed on), which made one Ctrl-C a fast stop. (What tini does.)"""
-    os.setpgid(0, 0)
-    with contextlib.suppress(OSError):  # no terminal: nothing to do
-        if os.isatty(0):
-            # Taking the terminal from the background would stop us with SIGTTOU: ignored for that one call.
-            previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            try:
-                os.tcsetpgrp(0, os.getpgrp())
-            finally:
-                signal.signal(signal.SIGTTOU, previous)

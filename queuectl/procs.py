@@ -22,7 +22,16 @@ def host_key() -> str:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:  # no /proc (or not Linux): the name alone, as before
         return name
-    return name if namespace == _HOST_PID_NAMESPACE else f"{name}~pidns{namespace}"
+    return name if namespace == _HOST_PID_NAMESPACE else f"{name}{_NAMESPACE_MARK}{namespace}"
+
+
+_NAMESPACE_MARK = "~pidns"
+
+
+def unseen_namespace(key: str, own_key: str) -> bool:
+    """Whether host_key() `key` is this host name in another pid namespace (a container's, or this container's
+    before a restart): its pids cannot be checked from here, only its heartbeat can be."""
+    return key != own_key and key.partition(_NAMESPACE_MARK)[0] == own_key.partition(_NAMESPACE_MARK)[0]
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:

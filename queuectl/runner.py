@@ -109,9 +109,9 @@ async def run_command(
             write_fd = sink.pipe()
             try:
                 proc = await asyncio.create_subprocess_shell(
-                    # /bin/sh -c CMD takes a CMD starting with "-" for options ("Illegal option", exit 2); after a
-                    # space, the shell looks it up as any other command: not found, exit 127, said so.
-                    " " + command if command.startswith("-") else command,
+                    # /bin/sh -c CMD takes a CMD starting with "-" or "+" for options ("Illegal option", exit 2);
+                    # after a space, the shell looks it up as any other command: not found, exit 127, said so.
+                    " " + command if command.startswith(("-", "+")) else command,
                     stdin=devnull(),
                     stdout=write_fd,
                     stderr=subprocess.STDOUT,

@@ -121,12 +121,14 @@ class Listener:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         sock = bind(self._home, self._engine_id)
         try:
-            self._inode = os.stat(self.path).st_ino
+            inode = os.stat(self.path).st_ino
             _running_loop().add_reader(sock.fileno(), self._readable, sock)
         except BaseException:
             sock.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # nobody reads it: senders would take it for a live engine's
             raise
-        self._sock = sock
+        self._sock, self._inode = sock, inode
 
     def _readable(self, sock: socket.socket) -> None:
         received = drain(sock)

@@ -504,7 +504,7 @@ def test_config_list_and_get_show_an_environment_override_as_the_value_in_force(
     monkeypatch.setenv("QUEUECTL_MAX_RETRIES", "7")
     monkeypatch.setenv("QUEUECTL_KILL_GRACE", "2s")
     data = ok("config", "list", "--json").json()
-    assert data["max-retries"] == {"value": "7", "set": False, "source": "env"}
+    assert data["max-retries"] == {"value": "7", "set": True, "source": "env"}  # set: stored, under the override
     assert data["kill-grace"] == {"value": "2s", "set": False, "source": "env"}
     assert ok("config", "get", "max-retries").out == "7\n"
     line = next(line for line in ok("config", "list").out.splitlines() if line.startswith("max-retries "))
@@ -513,6 +513,15 @@ def test_config_list_and_get_show_an_environment_override_as_the_value_in_force(
     bad = run_cli("config", "list")
     assert (bad.code, bad.out) == (2, "")
     assert bad.err == "queuectl: error: QUEUECTL_MAX_RETRIES: max-retries must be a whole number >= 0; got 'lots'\n"
+
+
+def test_an_output_that_cannot_show_a_character_gets_it_escaped(home: Path) -> None:
+    """PYTHONIOENCODING=ascii or a Latin-1 locale: before, `list` failed halfway with 'internal error:
+    UnicodeEncodeError' (and the input check blamed the job's text)."""
+    ok("enqueue", "--id", "c", "--", "echo", "café ✓")
+    shown = run_proc("list", home=home, env={"PYTHONIOENCODING": "ascii"})
+    assert (shown.code, shown.err) == (0, ""), shown
+    assert "echo 'caf\\xe9 \\u2713'" in shown.out
 
 
 def test_config_list_columns_line_up_for_the_longest_key(home: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -106,8 +107,17 @@ def test_a_stored_value_that_cannot_be_used_leaves_only_its_own_key_at_the_defau
     assert (settings.max_retries, settings.backoff_max_s, settings.kill_grace_s) == (3, 600.0, 5.0)
     assert set(config.unusable(stored)) == {"max-retries", "kill-grace"}
     assert "max-retries must be a whole number" in config.unusable(stored)["max-retries"]
-    assert config.in_force(stored, environ={})["max-retries"] == ("3", "default")
-    assert config.in_force(stored, environ={"QUEUECTL_MAX_RETRIES": "1"})["max-retries"] == ("1", "env")
+    assert config.in_force(stored, environ={})["max-retries"] == ("3", "default", False)
+    assert config.in_force(stored, environ={"QUEUECTL_MAX_RETRIES": "1"})["max-retries"] == ("1", "env", False)
+    assert config.in_force(stored, environ={"QUEUECTL_BACKOFF_MAX": "1m"})["backoff-max"] == ("1m", "env", True)
+
+
+def test_a_stored_value_that_is_not_text_is_unusable_not_a_crash() -> None:
+    """SQLite keeps a BLOB in a TEXT column: parsing it raised TypeError, and the engine could not start."""
+    stored: dict[str, Any] = {"on-success": b"echo done", "log-max-bytes": 5, "max-retries": "2"}
+    assert set(config.unusable(stored)) == {"on-success", "log-max-bytes"}
+    settings = config.resolve(stored, environ={})
+    assert (settings.on_success, settings.log_max_bytes, settings.max_retries) == ("", 100 << 20, 2)
 
 
 # ---- backoff ------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -375,13 +376,21 @@ def test_an_engine_in_its_own_pid_namespace_is_not_judged_by_its_pid_from_outsid
     [row] = [e for e in asyncio.run(_engines(home)) if e.id == inside_id]
     assert row.pid == 2  # the pid it has in its own namespace (1 is the init it left behind, see pid1.py)
     assert row.host != host_key() and row.host.startswith(f"{socket.gethostname()}~pidns"), row.host
-    # An engine outside, starting while that job runs: it must not recover it (its pid means nothing here).
-    summary, _log = asyncio.run(run_until_idle(home, timeout=20))
-    assert summary.recovered == 0
-    # `worker stop` outside reaches it through the store, at its next heartbeat, not by a signal to "pid 1".
+    # `worker stop` outside reaches it through the store, at its next heartbeat, not by a signal to "pid 2".
     stop = cli(home, "worker", "stop")
     assert stop.returncode == 0 and f"{inside_id} (pid 2 on {row.host}) asked to stop" in stop.stdout, stop
-    (work / "go").touch()
+
+    async def outside_until_idle() -> Any:
+        # An engine outside, started while that job runs: it must not recover it (its pid means nothing here),
+        # and --until-idle waits for it (its engine may be dead, for all this one can tell), until it ends.
+        outside = asyncio.create_task(run_until_idle(home, timeout=30))
+        await await_until(lambda: (home / "wake").exists() and len(list((home / "wake").iterdir())) == 2,
+                          timeout=10, what="the outside engine to start")
+        (work / "go").touch()
+        return await outside
+
+    summary, _log = asyncio.run(outside_until_idle())
+    assert summary.recovered == 0
     assert inside.wait_exit(timeout=30) == 0, inside.log()
     done = job(home, "held")
     assert (done.state, done.runs) == (COMPLETED, 1)
@@ -455,6 +464,26 @@ def _state(pid: int) -> str:
     except OSError:
         return "gone"
     return stat[stat.rfind(")") + 2]
+
+
+@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+def test_after_a_container_restart_until_idle_waits_for_the_dead_engines_jobs_and_runs_them(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    """A container restarted (same host name, a new pid namespace) cannot check the pid of the engine it had before,
+    only its heartbeat. Before, `run --until-idle` there exited at once with that engine's job left processing."""
+    before = engines.start(workers=1, launcher=_UNSHARE)
+    before.wait_started()
+    enqueue(home, f"[ -f {work}/first ] && exit 0; touch {work}/first; sleep 300", id="held", cwd=work)
+    wait_until(lambda: (work / "first").exists() or None, timeout=20, what="the job to start in the first container")
+    init = int(Path(f"/proc/{before.pid}/task/{before.pid}/children").read_text().split()[0])
+    os.kill(init, signal.SIGKILL)  # the container dies: every process in its namespace, the job's too
+    before.wait_exit(timeout=20)
+    assert job(home, "held").state == PROCESSING
+    summary, log = asyncio.run(run_until_idle(home, timeout=30, stale_after_s=2.0, recover_interval_s=0.5))
+    assert summary.recovered == 1 and summary.completed == 1, log
+    done = job(home, "held")
+    assert (done.state, done.runs) == (COMPLETED, 2)
 
 
 async def _engines(home: Path) -> list[EngineInfo]:

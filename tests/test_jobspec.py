@@ -133,8 +133,8 @@ def test_a_command_with_a_nul_byte_is_refused() -> None:
 
 
 def test_an_oversized_command_is_refused() -> None:
-    refused({"command": "x" * (jobspec.MAX_COMMAND_BYTES + 1)}, "command", "131071 bytes")
-    refused({"command": "é" * (jobspec.MAX_COMMAND_BYTES // 2 + 1)}, "command", "131071 bytes")  # bytes, not chars
+    refused({"command": "x" * (jobspec.MAX_COMMAND_BYTES + 1)}, "command", "131070 bytes")
+    refused({"command": "é" * (jobspec.MAX_COMMAND_BYTES // 2 + 1)}, "command", "131070 bytes")  # bytes, not chars
     assert parse({"command": "x" * jobspec.MAX_COMMAND_BYTES}).command
 
 
@@ -145,6 +145,11 @@ async def test_the_longest_command_accepted_can_start(tmp_path: Path) -> None:
     outcome = await run_command(longest, cwd=str(tmp_path), env=os.environ, log_path=tmp_path / "a.log",
                                 timeout_s=30, kill_grace_s=1)
     assert (outcome.exit_code, outcome.error) == (0, None)
+    # One that starts with "-" gets a space before it (see runner): still within the limit.
+    dashed = "-" + "#" * (jobspec.MAX_COMMAND_BYTES - 1)
+    outcome = await run_command(dashed, cwd=str(tmp_path), env=os.environ, log_path=tmp_path / "b.log",
+                                timeout_s=30, kill_grace_s=1)
+    assert (outcome.exit_code, outcome.error) == (127, "exit code 127 (command not found)")
 
 
 @pytest.mark.parametrize("field", ["bogus", "Command", "retries", "timeout_ms", "engine_id"])

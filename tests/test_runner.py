@@ -71,7 +71,7 @@ async def test_missing_command_exits_127_and_says_so(work: Path, tmp_path: Path)
     assert "no-such-command-queuectl-test" in log.read_text()  # the shell's own message is kept
 
 
-@pytest.mark.parametrize("command", ["-x", "--version", "-e echo hi"])
+@pytest.mark.parametrize("command", ["-x", "--version", "-e echo hi", "+x echo hi"])
 async def test_a_command_starting_with_a_dash_is_a_command_not_found(command: str, work: Path, tmp_path: Path) -> None:
     """/bin/sh -c took it for its own options: exit 2, "Illegal option"."""
     outcome = await run(command, work, tmp_path / "a.log")
