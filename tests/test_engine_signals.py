@@ -278,16 +278,31 @@ def test_restart_after_kill9_kills_the_dead_engines_leftover_job_processes(
     assert job(home, "orphaned").state == COMPLETED
 
 
+_UNSHARE = ["unshare", "--fork", "--kill-child", "--pid", "--mount-proc"]
+
+
+def _unshare_permitted(*namespaces: str) -> bool:
+    try:
+        done = subprocess.run(["unshare", *namespaces, "true"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_permitted("--uts"), reason="needs `unshare --uts` (root or user namespaces)")
 def test_an_engine_started_from_a_dead_engines_job_does_not_kill_itself(home: Path, work: Path) -> None:
     """A job's environment carries its engine's id, and so does whatever it starts: a `queuectl run` started from
-    a job of an engine now gone found its own process group among that engine's leftovers, and SIGKILLed it."""
+    a job of an engine now gone found its own process group among that engine's leftovers, and SIGKILLed it.
+    (The engine runs under a host name of its own: to any other engine on this machine, a test's meanwhile, it is
+    a leftover of a dead engine of this host, and would be killed as one.)"""
     gone = subprocess.Popen(["true"])  # a pid that no longer runs
     gone.wait()
-    env = cli_env(home, {orphans.ENGINE_ENV: orphans.engine_id(host_key(), gone.pid, "gone")})
+    env = cli_env(home, {orphans.ENGINE_ENV: orphans.engine_id("qc-own-host", gone.pid, "gone")})
     enqueue(home, "echo ran", id="j1", cwd=work)
     # Its own session: the group it would kill is its own alone.
-    proc = subprocess.run([*QUEUECTL, "run", "--until-idle"], env=env, capture_output=True, text=True, timeout=60,
-                          check=False, start_new_session=True)
+    proc = subprocess.run(["unshare", "--uts", "sh", "-c", 'hostname qc-own-host && exec "$@"', "sh", *QUEUECTL, "run",
+                           "--until-idle"], env=env, capture_output=True, text=True, timeout=60, check=False,
+                          start_new_session=True)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert job(home, "j1").state == COMPLETED
 
@@ -352,17 +367,7 @@ async def test_jobs_of_a_live_engine_on_another_host_are_left_alone(home: Path, 
     assert found.engine_id == fake_id
 
 
-_UNSHARE = ["unshare", "--fork", "--kill-child", "--pid", "--mount-proc"]
-
-
-def _pid_namespaces_permitted() -> bool:
-    try:
-        return subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=10, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
 def test_an_engine_in_its_own_pid_namespace_is_not_judged_by_its_pid_from_outside(
     home: Path, work: Path, engines: Engines
 ) -> None:
@@ -396,7 +401,7 @@ def test_an_engine_in_its_own_pid_namespace_is_not_judged_by_its_pid_from_outsid
     assert (done.state, done.runs) == (COMPLETED, 1)
 
 
-@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
 def test_as_a_containers_first_process_the_engine_leaves_an_init_that_reaps_and_passes_signals_on(
     home: Path, work: Path, engines: Engines
 ) -> None:
@@ -426,7 +431,7 @@ def test_as_a_containers_first_process_the_engine_leaves_an_init_that_reaps_and_
     assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused  # the engine's status, via pid 1
 
 
-@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
 def test_as_a_containers_first_process_on_a_terminal_one_ctrl_c_is_a_graceful_stop(
     home: Path, work: Path, tmp_path: Path
 ) -> None:
@@ -466,7 +471,7 @@ def _state(pid: int) -> str:
     return stat[stat.rfind(")") + 2]
 
 
-@pytest.mark.skipif(not _pid_namespaces_permitted(), reason="needs `unshare --pid` (root or user namespaces)")
+@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
 def test_after_a_container_restart_until_idle_waits_for_the_dead_engines_jobs_and_runs_them(
     home: Path, work: Path, engines: Engines
 ) -> None:
