@@ -65,6 +65,20 @@ _JOB_NUMBERS: dict[str, float | None] = {
     "attempts": 0, "runs": 0, "max_retries": None, "priority": 0, "run_at": 0.0, "timeout_s": None,
     "created_at": 0.0, "updated_at": 0.0, "started_at": None, "finished_at": None, "exit_code": None, "deps_left": 0}
 _NUMBER_TYPES = frozenset({int, float, type(None)})
+#: The same for an attempt's row (shown by `inspect`, counted by `stats`).
+_ATTEMPT_NUMBERS: dict[str, float | None] = {"number": 0, "started_at": 0.0, "finished_at": None, "exit_code": None}
+
+
+def _numbers_or_stand_ins(values: dict[str, Any], stand_ins: Mapping[str, float | None]) -> str | None:
+    """Put its stand-in where a column of stand_ins holds something else than a number (SQLite keeps text in a
+    number column of a row written by hand); returns what the first such column held, or None."""
+    found = None
+    for name, stand_in in stand_ins.items():
+        value = values.get(name)
+        if type(value) not in _NUMBER_TYPES:
+            values[name] = stand_in
+            found = found or f"its stored {name} is not a number ({one_line(str(value), 40)!r})"
+    return found
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -142,11 +156,7 @@ class Job:
             except (ValueError, TypeError) as exc:  # one bad row must not stop every listing and every claim
                 values[name] = {} if name == "env" else ()
                 damaged = f"its stored {name} cannot be read ({exc})"
-        for name, stand_in in _JOB_NUMBERS.items():
-            value = values.get(name)
-            if type(value) not in _NUMBER_TYPES:  # text in a number column: see _JOB_NUMBERS
-                values[name] = stand_in
-                damaged = damaged or f"its stored {name} is not a number ({one_line(str(value), 40)!r})"
+        damaged = damaged or _numbers_or_stand_ins(values, _JOB_NUMBERS)
         values["damaged"] = damaged
         if "cancel_requested" in values:
             values["cancel_requested"] = bool(values["cancel_requested"])
@@ -190,6 +200,7 @@ class Attempt:
         values = _own_fields(cls, row)
         values["status"] = AttemptStatus(values["status"])
         values["timed_out"] = bool(values.get("timed_out"))
+        _numbers_or_stand_ins(values, _ATTEMPT_NUMBERS)  # shown as unknown ("-") rather than failing the reader
         return cls(**values)
 
 

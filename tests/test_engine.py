@@ -772,6 +772,22 @@ async def test_a_row_with_text_in_a_number_column_fails_alone(home: Path, work: 
     assert not (work / "ran").exists()
 
 
+async def test_an_attempt_row_with_text_in_a_number_column_is_shown_not_fatal(home: Path, work: Path) -> None:
+    """Before, `inspect` printed the job, then failed on its attempts with 'internal error: TypeError'."""
+    async with Queue(home) as q:
+        await add(q, "ran", "echo hi", work)
+    await run_until_idle(home, timeout=20)
+    with contextlib.closing(sqlite3.connect(home / "queue.db")) as db, db:
+        db.execute("UPDATE attempts SET started_at = 'x', finished_at = 'later', exit_code = 'y', number = 'one'")
+    shown = cli(home, "inspect", "ran")
+    assert (shown.returncode, shown.stderr) == (0, ""), shown
+    assert "output tail (attempt" in shown.stdout
+    for args in (["inspect", "ran", "--json"], ["stats"], ["logs", "ran"]):
+        done = cli(home, *args)  # shown, or refused in one line: never a traceback or an internal error
+        assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done
+        assert "internal error" not in done.stderr, done
+
+
 def test_no_pid_that_a_process_cannot_have_is_alive() -> None:
     """kill(0, 0) asks about this process group and kill(-1, 0) about every process: both answer yes. A pid beyond
     pid_t made kill() raise OverflowError."""
