@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from queuectl import api, config, jobspec, output, pid1
-from queuectl.errors import QueueCtlError, ValidationError, report
+from queuectl.errors import QueueCtlError, ValidationError, not_utf8, report
 from queuectl.models import JobState
 from queuectl.paths import default_home
 from queuectl.textfmt import one_line
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.encoding.replace("-", "").lower() != "utf8" or not 0xD800 <= ord(exc.object[exc.start]) <= 0xDFFF:
             return report(f"internal error: {exc!r}", 1)  # not input: an output that cannot show some text, say
         # An argument with bytes that are not UTF-8, on its way to the store.
-        return report(f"'{one_line(exc.object, 80)}' is not valid UTF-8 text: {jobspec.not_utf8(exc)}", 2)
+        return report(f"'{one_line(exc.object, 80)}' is not valid UTF-8 text: {not_utf8(exc)}", 2)
     except Exception as exc:
         message = getattr(exc, "format_message", None)
         if message is None:  # not a usage error: a bug. Still one line, and say where to look.

@@ -21,6 +21,13 @@ def shown(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def not_utf8(exc: UnicodeEncodeError) -> str:
+    """Where a text could not be encoded as UTF-8, in the user's terms."""
+    code = ord(exc.object[exc.start])
+    what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"unpaired surrogate \\u{code:04x}"
+    return f"{what} at character {exc.start + 1}"
+
+
 class QueueCtlError(Exception):
     """Base of every error queuectl reports to a user. The message is one line."""
 

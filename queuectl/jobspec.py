@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from queuectl.errors import ValidationError
+from queuectl.errors import ValidationError, not_utf8
 from queuectl.timefmt import parse_duration_s, parse_time
 
 
@@ -194,13 +194,6 @@ def check_text(value: str, what: str) -> str:
     except UnicodeEncodeError as exc:
         raise ValidationError(f"{what} is not valid UTF-8 text: {not_utf8(exc)}") from None
     return value
-
-
-def not_utf8(exc: UnicodeEncodeError) -> str:
-    """Where a text could not be encoded as UTF-8, in the user's terms."""
-    code = ord(exc.object[exc.start])
-    what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"unpaired surrogate \\u{code:04x}"
-    return f"{what} at character {exc.start + 1}"
 
 
 def from_mapping(obj: object, *, now: float | None = None, cwd: str | None = None) -> NewJob:

@@ -7,8 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from queuectl.errors import HomeError
-from queuectl.jobspec import not_utf8
+from queuectl.errors import HomeError, not_utf8
 
 DB_NAME = "queue.db"
 LOGS_DIR = "logs"
