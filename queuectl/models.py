@@ -9,7 +9,6 @@ import dataclasses
 import enum
 import functools
 import json
-import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Self
 
@@ -64,18 +63,21 @@ def _field_names(cls: type) -> frozenset[str]:
 _JOB_NUMBERS: dict[str, float | None] = {
     "attempts": 0, "runs": 0, "max_retries": None, "priority": 0, "run_at": 0.0, "timeout_s": None,
     "created_at": 0.0, "updated_at": 0.0, "started_at": None, "finished_at": None, "exit_code": None, "deps_left": 0}
-_NUMBER_TYPES = frozenset({int, float, type(None)})
+_NUMBER_TYPES: frozenset[type] = frozenset({int, float, type(None)})
 #: The same for an attempt's row (shown by `inspect`, counted by `stats`).
 _ATTEMPT_NUMBERS: dict[str, float | None] = {"number": 0, "started_at": 0.0, "finished_at": None, "exit_code": None}
 
 
-def _numbers_or_stand_ins(values: dict[str, Any], stand_ins: Mapping[str, float | None]) -> str | None:
-    """Put its stand-in where a column of stand_ins holds something else than a number (SQLite keeps text in a
-    number column of a row written by hand); returns what the first such column held, or None."""
+def _numbers_or_stand_ins(
+    values: dict[str, Any], stand_ins: Mapping[str, float | None], kinds: frozenset[type] = _NUMBER_TYPES
+) -> str | None:
+    """Put its stand-in where a column of stand_ins holds something else than a number (of kinds: NULL too, by
+    default); SQLite keeps text in a number column of a row written by hand. Returns what the first such column
+    held, or None."""
     found = None
     for name, stand_in in stand_ins.items():
         value = values.get(name)
-        if type(value) not in _NUMBER_TYPES:
+        if type(value) not in kinds:
             values[name] = stand_in
             found = found or f"its stored {name} is not a number ({one_line(str(value), 40)!r})"
     return found
@@ -258,21 +260,11 @@ class EngineInfo:
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         values = _own_fields(cls, row)
         values["stop_requested"] = bool(values.get("stop_requested"))
-        # SQLite keeps text in a number column of a hand-edited row: such an engine is one that cannot be alive (pid
-        # 0), started and last heard of at the epoch, so that it is judged gone instead of failing every reader.
-        for name in ("pid", "workers"):
-            if not _is_number(values.get(name), int):
-                values[name] = 0
-        for name in ("started_at", "heartbeat_at"):
-            if not _is_number(values.get(name), float):
-                values[name] = 0.0
+        # A hand-edited row: an engine that cannot be alive (pid 0, which kill() must never be given, nor a fraction),
+        # started and last heard of at the epoch, so that it is judged gone instead of failing every reader.
+        _numbers_or_stand_ins(values, {"pid": 0, "workers": 0}, frozenset({int}))
+        _numbers_or_stand_ins(values, {"started_at": 0.0, "heartbeat_at": 0.0}, frozenset({int, float}))
         return cls(**values)
-
-
-def _is_number(value: object, kind: type) -> bool:
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
