@@ -201,14 +201,10 @@ def unusable(stored: Mapping[str, str]) -> dict[str, str]:
 
 
 def resolve(stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults, overridden by stored values, overridden by QUEUECTL_* environment variables. A stored value that
-    cannot be used (see unusable) leaves its key at the default; the others still apply."""
-    overrides, bad = env_overrides(environ), unusable(stored)
-    values: dict[str, Any] = {}
-    for key in KEYS.values():
-        raw = overrides.get(key.name, key.default if key.name in bad else stored.get(key.name, key.default))
-        values[key.field] = key.parse(raw, key.name)
-    return Settings(**values)
+    """Defaults, overridden by stored values, overridden by QUEUECTL_* environment variables (see in_force). A
+    stored value that cannot be used (see unusable) leaves its key at the default; the others still apply."""
+    chosen = in_force(stored, environ)
+    return Settings(**{key.field: key.parse(chosen[name].value, name) for name, key in KEYS.items()})
 
 
 class InForce(NamedTuple):
