@@ -181,15 +181,20 @@ def wait_all_terminal(home: Path, ids: Iterable[str], *, timeout: float = 30.0) 
 # ---- processes ------------------------------------------------------------------------------------------------------
 
 
-def process_gone(pid: int) -> bool:
-    """Whether a process has ended: no /proc entry, or a zombie (dead, only not reaped yet: in this container
-    pid 1 does not reap orphans)."""
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T, Z...), or "gone" when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+        return "gone"
+    return chr(stat[stat.rfind(b")") + 2])
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a process has ended: no /proc entry, or a zombie (dead, only not reaped yet: in this container
+    pid 1 does not reap orphans)."""
+    return process_state(pid) in ("gone", "Z", "X")
 
 
 def read_pids(path: Path) -> list[int]:

@@ -38,6 +38,7 @@ from tests.engine_helpers import (
     jobs_async,
     kill_processes_of_home,
     process_gone,
+    process_state,
     run_until_idle,
     wait_for_pids,
     wait_for_states,
@@ -418,11 +419,11 @@ def test_as_a_containers_first_process_the_engine_leaves_an_init_that_reaps_and_
 
     def zombies_of_pid1() -> list[int]:
         children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
-        return [int(c) for c in children if _state(int(c)) == "Z"]
+        return [int(c) for c in children if process_state(int(c)) == "Z"]
 
     wait_until(lambda: zombies_of_pid1() == [] or None, timeout=10, what="pid 1 to reap what was handed to it")
     engine = int(Path(f"/proc/{init}/task/{init}/children").read_text().split()[0])
-    assert _state(engine) != "Z"  # pid 1's one child left: the engine, running
+    assert process_state(engine) != "Z"  # pid 1's one child left: the engine, running
     os.kill(init, signal.SIGTERM)  # what `docker stop` sends pid 1: passed on, a graceful stop
     assert inside.wait_exit(timeout=30) == 0, inside.log()
     assert "engine stopped after" in inside.log()
@@ -461,14 +462,6 @@ def test_as_a_containers_first_process_on_a_terminal_one_ctrl_c_is_a_graceful_st
     assert "stopping now" not in log.read_text()
     done = job(home, "held")
     assert (done.state, done.runs) == (COMPLETED, 1)
-
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return stat[stat.rfind(")") + 2]
 
 
 @pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
