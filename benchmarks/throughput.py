@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from benchmarks.common import Row, Target, clean_env, create_home, db_rows, insert_jobs, median, qc, temp_dir
+from queuectl import exports
 from queuectl.engine import Engine, EngineOptions
 from queuectl.events import EventLog
 from queuectl.store.sqlite import SQLiteStore
@@ -52,10 +53,10 @@ async def _bare(n_jobs: int, workers: int, command: str) -> None:
 
 async def _bare_as_required(n_jobs: int, workers: int, command: str) -> None:
     """The bare loop, each spawn as issue 3 requires of the engine and nothing more: QUEUECTL_JOB_ID and
-    QUEUECTL_ATTEMPT in the environment (encoded once, as the engine does), stdin from /dev/null, its own session,
-    the job's cwd, and stdout and stderr through a pipe read once the command ended. No store, no event log."""
+    QUEUECTL_ATTEMPT in the environment (exported by the shell, as the engine does: queuectl/exports.py), stdin
+    from /dev/null, its own session, the job's cwd, and stdout and stderr through a pipe read once the command
+    ended. No store, no event log."""
     remaining = n_jobs
-    base_env = dict(os.environb)
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     cwd = os.getcwd()
 
@@ -63,12 +64,12 @@ async def _bare_as_required(n_jobs: int, workers: int, command: str) -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            env = {**base_env, b"QUEUECTL_JOB_ID": b"j%07d" % remaining, b"QUEUECTL_ATTEMPT": b"1"}
+            line = exports.line({"QUEUECTL_JOB_ID": f"j{remaining:07d}", "QUEUECTL_ATTEMPT": "1"}, command)
             read_fd, write_fd = os.pipe()
             os.set_blocking(read_fd, False)
             try:
                 proc = await asyncio.create_subprocess_shell(
-                    command, stdin=stdin, stdout=write_fd, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                    line, stdin=stdin, stdout=write_fd, stderr=subprocess.STDOUT, cwd=cwd,
                     start_new_session=True)
             finally:
                 os.close(write_fd)

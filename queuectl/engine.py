@@ -79,14 +79,9 @@ class Engine:
         self._fatal: StoreError | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._grace_timer: asyncio.TimerHandle | None = None
-        # In bytes, encoded once: subprocess encodes every variable of a str environment at each spawn (~12 us of
-        # the event loop's time per job with 35 variables).
-        self._base_env = dict(os.environb)
         # A job that runs `queuectl enqueue` (a follow-up step) reaches this engine's queue, also when the engine
         # was given --home rather than QUEUECTL_HOME; absolute, since jobs run in other directories.
-        self._base_env[b"QUEUECTL_HOME"] = os.fsencode(str(options.home.absolute()))
-        self._engine_mark = {os.fsencode(orphans.ENGINE_ENV): os.fsencode(self.id)}
-        self._engine_mark_entry = os.fsencode(f"{orphans.ENGINE_ENV}={self.id}")
+        self._home_variable = {"QUEUECTL_HOME": str(options.home.absolute())}
         self._logs_dir = str(options.home / LOGS_DIR)
         self.notifier = Notifier(options.home, self.log)
         #: Worker task running each job's command, while it runs: `queuectl cancel` cancels that task.
@@ -464,19 +459,23 @@ class Engine:
         timeout_s = job.timeout_s if job.timeout_s is not None else self.settings.job_timeout_s
         self.log.emit("started", f"{job.id} started (attempt {claim.attempt}): {one_line(job.command, 60)}",
                       job=job.id, attempt=claim.attempt, command=job.command)
-        # The job's own variables cannot hide ours: the engine mark is how a dead engine's commands are found.
-        job_id, attempt = os.fsencode(job.id), b"%d" % claim.attempt
-        env = {**self._base_env, **{os.fsencode(k): os.fsencode(v) for k, v in job.env.items()},
-               b"QUEUECTL_JOB_ID": job_id, b"QUEUECTL_ATTEMPT": attempt, **self._engine_mark}
+        # The job's own variables cannot hide ours (but QUEUECTL_HOME, to reach another queue): the engine mark is
+        # how a dead engine's commands are found. Without variables of its own, the job runs in the engine's
+        # environment as it is, which spares the spawn encoding it (see exports).
+        attempt = str(claim.attempt)
+        variables = {**({} if "QUEUECTL_HOME" in job.env else self._home_variable), "QUEUECTL_JOB_ID": job.id,
+                     "QUEUECTL_ATTEMPT": attempt, orphans.ENGINE_ENV: self.id}
+        env = {**os.environ, **job.env} if job.env else None
         # What finds this attempt's processes that left its group, when it is timed out, cancelled or stopped.
-        marks = (self._engine_mark_entry, b"QUEUECTL_JOB_ID=" + job_id, b"QUEUECTL_ATTEMPT=" + attempt)
+        marks = tuple(os.fsencode(f"{name}={variables[name]}")
+                      for name in ("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT", orphans.ENGINE_ENV))
         started_at = time.time()
         log_path = attempt_log_file(self._logs_dir, job.id, claim.attempt)
         self._in_command[job.id] = task
         try:
             try:
                 outcome = await run_command(
-                    job.command, cwd=job.cwd, env=env, timeout_s=timeout_s, log_path=log_path,
+                    job.command, cwd=job.cwd, env=env, variables=variables, timeout_s=timeout_s, log_path=log_path,
                     kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes, marks=marks)
             finally:
                 del self._in_command[job.id]  # from here on, a cancel request no longer reaches this task

@@ -8,6 +8,8 @@ import os
 import socket
 from collections.abc import Collection
 
+from queuectl.exports import exported
+
 #: The inode of the host's own pid namespace (the kernel's PROC_PID_INIT_INO).
 _HOST_PID_NAMESPACE = 0xEFFFFFFC
 
@@ -89,12 +91,18 @@ def pid_alive(pid: int, *, started_by: float | None = None) -> bool:
 
 
 def environ(pid: str) -> list[bytes]:
-    """The environment the process was started with, as "KEY=value" entries ([] if gone, or another user's)."""
+    """The environment the process was started with, as "KEY=value" entries ([] if gone, or another user's), and,
+    for a job's shell, what its command line exports before the command (see exports): the job's variables."""
+    raw = _read(f"/proc/{pid}/environ")
+    return (raw.split(b"\0") if raw else []) + exported(_read(f"/proc/{pid}/cmdline"))
+
+
+def _read(path: str) -> bytes:
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read().split(b"\0")
+        with open(path, "rb") as f:
+            return f.read()
     except OSError:
-        return []
+        return b""
 
 
 def marked_groups(marks: Collection[bytes]) -> set[int]:

@@ -14,12 +14,16 @@ import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
+from queuectl import exports
 from queuectl.aio import finish_even_if_cancelled
 from queuectl.logsink import LogSink
 from queuectl.models import Outcome
 from queuectl.procs import marked_groups
 
 _devnull: int | None = None
+
+#: The most bytes Linux passes in one argument (MAX_ARG_STRLEN), its NUL included: what /bin/sh -c is given.
+_MAX_ARGUMENT_BYTES = 128 << 10
 
 #: Why a command could not start that says nothing of the command: the engine's process is out of open files
 #: (EMFILE), the system is (ENFILE), the user's process limit is reached (EAGAIN from fork), memory is short.
@@ -92,14 +96,17 @@ async def run_command(
     command: str,
     *,
     cwd: str,
-    env: Mapping[str, str] | Mapping[bytes, bytes],
+    env: Mapping[str, str] | Mapping[bytes, bytes] | None = None,
+    variables: Mapping[str, str] | None = None,
     log_path: str | Path,
     timeout_s: float | None,
     kill_grace_s: float,
     log_max_bytes: int = 0,
     marks: Collection[bytes] = (),
 ) -> Outcome:
-    """Run to the end (or the timeout) and describe what happened. Never raises for the command's faults;
+    """Run to the end (or the timeout) and describe what happened. The command's environment is env (None: this
+    process's own) with variables added: the shell exports them before the command (see exports), unless that
+    makes the line too long for Linux, when they join env. Never raises for the command's faults;
     on cancellation the process group is terminated before CancelledError propagates. Raises ResourceShortage
     when the command could not be started for want of files, processes or memory (see _SHORTAGES)."""
     started_at = time.time()
@@ -108,10 +115,9 @@ async def run_command(
         try:
             write_fd = sink.pipe()
             try:
+                shell_line, env = _shell_line(command, env, variables or {})
                 proc = await asyncio.create_subprocess_shell(
-                    # /bin/sh -c CMD takes a CMD starting with "-" or "+" for options ("Illegal option", exit 2);
-                    # after a space, the shell looks it up as any other command: not found, exit 127, said so.
-                    " " + command if command.startswith(("-", "+")) else command,
+                    shell_line,
                     stdin=devnull(),
                     stdout=write_fd,
                     stderr=subprocess.STDOUT,
@@ -142,6 +148,20 @@ async def run_command(
         error = None if code == 0 else describe_exit(code)
     return Outcome(exit_code=code, timed_out=timed_out, error=error, output_tail=tail, log_path=str(log_path),
                    started_at=started_at, finished_at=time.time())
+
+
+def _shell_line(command: str, env: Mapping[str, str] | Mapping[bytes, bytes] | None, variables: Mapping[str, str]
+                ) -> tuple[str, Mapping[str, str] | Mapping[bytes, bytes] | None]:
+    """What /bin/sh -c runs, and with which environment."""
+    exporting = exports.line(variables, command)
+    if variables and len(os.fsencode(exporting)) < _MAX_ARGUMENT_BYTES:
+        return exporting, env
+    if variables:
+        env = {**{os.fsencode(k): os.fsencode(v) for k, v in (os.environb if env is None else env).items()},
+               **{os.fsencode(k): os.fsencode(v) for k, v in variables.items()}}
+    # /bin/sh -c CMD takes a CMD starting with "-" or "+" for options ("Illegal option", exit 2); after a space,
+    # the shell looks it up as any other command: not found, exit 127, said so.
+    return " " + command if command.startswith(("-", "+")) else command, env
 
 
 def _why_not_started(exc: OSError | ValueError, cwd: str) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from queuectl import procs
 from queuectl.api import Queue
 from queuectl.engine import Engine, EngineOptions, Summary
 from queuectl.events import EventLog
@@ -225,19 +226,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _processes_of_home(home: Path) -> list[int]:
-    """Live processes whose environment says QUEUECTL_HOME=home: the jobs (and engines) a test started."""
+    """Live processes whose environment (or a job shell's exports) says QUEUECTL_HOME=home: the jobs (and engines)
+    a test started."""
     marker = f"QUEUECTL_HOME={home}".encode()
     found = []
     me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ and not process_gone(int(entry.name)):
+        if marker in procs.environ(entry.name) and not process_gone(int(entry.name)):
             found.append(int(entry.name))
     return found
 

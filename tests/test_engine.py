@@ -206,6 +206,17 @@ async def test_job_env_reaches_the_command_but_cannot_hide_the_engines_variables
     assert (greeting, inherited, job_id, home_var) == ("grüß dich", "overridden", "env-job", str(Path.home()))
     assert engine_id not in ("", "spoofed")
 
+async def test_a_jobs_own_queuectl_home_reaches_its_command(home: Path, work: Path) -> None:
+    """QUEUECTL_HOME is the engine's by default, so that a follow-up enqueue reaches its queue; a job may name
+    another queue's."""
+    async with Queue(home) as q:
+        await add(q, "other", f'echo "$QUEUECTL_HOME" > {work}/seen', work, env={"QUEUECTL_HOME": "/elsewhere"},
+                  priority=1)
+        await add(q, "own", f'echo "$QUEUECTL_HOME" >> {work}/seen', work)
+    await run_until_idle(home, workers=1, timeout=20)
+    assert lines(work / "seen") == ["/elsewhere", str(home)]
+
+
 async def test_higher_priority_runs_first_then_enqueue_order(home: Path, work: Path) -> None:
     order = work / "order"
     async with Queue(home) as q:

@@ -279,6 +279,28 @@ def test_restart_after_kill9_kills_the_dead_engines_leftover_job_processes(
     assert job(home, "orphaned").state == COMPLETED
 
 
+def test_restart_after_kill9_kills_a_dead_engines_job_shell_that_started_nothing(
+    home: Path, work: Path, engines: Engines
+) -> None:
+    """The job's variables, the engine's id among them, are exported by its shell (see exports): only what the shell
+    starts has them in its environment. A shell running builtins alone is still found, by its command line."""
+    pids, fifo = work / "pids", work / "fifo"
+    os.mkfifo(fifo)
+    engine = engines.start(workers=1)
+    # `read` is the shell's own: it blocks opening the FIFO, with no child process at all.
+    enqueue(home, f"if [ -f {work}/fast ]; then exit 0; fi; echo $$ >> {pids}; read line < {fifo}", id="builtin",
+            cwd=work)
+    (shell,) = wait_for_pids(pids, 1)
+    assert Path(f"/proc/{shell}/task/{shell}/children").read_text() == ""  # nothing started: its environment only
+    engine.kill9()
+    assert not process_gone(shell)
+    (work / "fast").touch()
+    proc = cli(home, "run", "--until-idle", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    wait_pids_gone([shell], timeout=5)
+    assert job(home, "builtin").state == COMPLETED
+
+
 _UNSHARE = ["unshare", "--fork", "--kill-child", "--pid", "--mount-proc"]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from queuectl import jobspec, procs
 from queuectl.logsink import TAIL_BYTES
 from queuectl.models import Outcome
 from queuectl.runner import ResourceShortage, run_command
@@ -155,6 +156,78 @@ async def test_environment_is_passed_to_the_command(work: Path, tmp_path: Path) 
     env = {**os.environ, "QUEUECTL_JOB_ID": "job-7", "QUEUECTL_ATTEMPT": "3"}
     await run('echo "$QUEUECTL_JOB_ID/$QUEUECTL_ATTEMPT"', work, log, env=env)
     assert log.read_text() == "job-7/3\n"
+
+
+#: Values a shell must not take for syntax: quotes, an end of command, an expansion, a newline, a backslash.
+AWKWARD = ["it's", 'say "hi"; exit 9', "$(touch pwned) `touch pwned` $HOME", "two\nlines", "back\\slash '", "", "é ü"]
+
+
+async def test_variables_reach_the_command_and_its_children_exactly(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    variables = {f"V{i}": value for i, value in enumerate(AWKWARD)}
+    script = "; ".join(f'printf "%s|" "$V{i}"' for i in range(len(AWKWARD)))
+    outcome = await run_command(f"{script}; sh -c 'printf \"%s\" \"$V0\"'", cwd=str(work), variables=variables,
+                                log_path=log, timeout_s=30, kill_grace_s=1)
+    assert outcome.exit_code == 0, outcome.error
+    assert log.read_text() == "|".join(AWKWARD) + "|it's"
+    assert not (work / "pwned").exists()
+
+
+async def test_variables_override_the_environment_given(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    await run_command('echo "$A $B"', cwd=str(work), env={**os.environ, "A": "env", "B": "env"},
+                      variables={"B": "ours"}, log_path=log, timeout_s=30, kill_grace_s=1)
+    assert log.read_text() == "env ours\n"
+
+
+async def test_the_shell_exports_the_variables_and_procs_reads_them_from_its_command_line(
+    work: Path, tmp_path: Path
+) -> None:
+    """The shell's own environment lacks them (see exports); procs.environ, which finds a job's processes, has them."""
+    pids = work / "pid"
+    os.mkfifo(f"{pids}.fifo")
+    task = asyncio.create_task(run_command(  # `read` blocks opening the FIFO: the shell starts nothing
+        f"echo $$ > {pids}; read line < {pids}.fifo", cwd=str(work), variables={"QUEUECTL_JOB_ID": "j 'x'"},
+        log_path=tmp_path / "a.log", timeout_s=None, kill_grace_s=0.5))
+    (shell,) = await await_until(lambda: read_pids(pids), timeout=10, what="the shell's pid")
+    try:
+        assert b"QUEUECTL_JOB_ID=j 'x'" not in own_environment(shell)
+        assert b"QUEUECTL_JOB_ID=j 'x'" in procs.environ(str(shell))
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def own_environment(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return f.read().split(b"\0")
+
+
+@pytest.mark.parametrize("command", ["-x", "+x"])
+async def test_a_command_starting_with_a_dash_after_the_exports_is_a_command_not_found(
+    command: str, work: Path, tmp_path: Path
+) -> None:
+    outcome = await run_command(command, cwd=str(work), variables={"A": "1"}, log_path=tmp_path / "a.log",
+                                timeout_s=30, kill_grace_s=1)
+    assert (outcome.exit_code, outcome.error) == (127, "exit code 127 (command not found)")
+
+
+@pytest.mark.parametrize("start", ["echo", "-"])
+async def test_a_command_too_long_to_follow_the_exports_gets_them_in_its_environment(
+    start: str, work: Path, tmp_path: Path
+) -> None:
+    """/bin/sh -c takes one argument of under 128 KiB: the longest command queuectl accepts leaves no room for the
+    exports, which then go with the environment instead."""
+    log = tmp_path / "a.log"
+    command = f'{start} "$QUEUECTL_JOB_ID" #'
+    command += "#" * (jobspec.MAX_COMMAND_BYTES - len(command))
+    outcome = await run_command(command, cwd=str(work), variables={"QUEUECTL_JOB_ID": "long"}, log_path=log,
+                                timeout_s=30, kill_grace_s=1)
+    if start == "echo":
+        assert (outcome.exit_code, log.read_text()) == (0, "long\n")
+    else:
+        assert (outcome.exit_code, outcome.error) == (127, "exit code 127 (command not found)")
 
 
 # ---- timeouts -------------------------------------------------------------------------------------------------------
