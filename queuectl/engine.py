@@ -41,6 +41,9 @@ T = TypeVar("T")
 #: Each starts a graceful stop (a second, a fast one). SIGHUP: the engine's terminal was closed; by default it would
 #: kill the engine outright, leaving its running jobs' results unrecorded (they would run again).
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The variables that tell an attempt's processes, also those that left its group, when it is timed out, cancelled
+#: or stopped.
+_ATTEMPT_MARKS = ("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT", orphans.ENGINE_ENV)
 __all__ = ["Engine", "EngineOptions", "Summary", "install_child_watcher"]
 
 
@@ -466,9 +469,6 @@ class Engine:
         variables = {**({} if "QUEUECTL_HOME" in job.env else self._home_variable), "QUEUECTL_JOB_ID": job.id,
                      "QUEUECTL_ATTEMPT": attempt, orphans.ENGINE_ENV: self.id}
         env = {**os.environ, **job.env} if job.env else None
-        # What finds this attempt's processes that left its group, when it is timed out, cancelled or stopped.
-        marks = tuple(os.fsencode(f"{name}={variables[name]}")
-                      for name in ("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT", orphans.ENGINE_ENV))
         started_at = time.time()
         log_path = attempt_log_file(self._logs_dir, job.id, claim.attempt)
         self._in_command[job.id] = task
@@ -476,7 +476,8 @@ class Engine:
             try:
                 outcome = await run_command(
                     job.command, cwd=job.cwd, env=env, variables=variables, timeout_s=timeout_s, log_path=log_path,
-                    kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes, marks=marks)
+                    kill_grace_s=self.settings.kill_grace_s, log_max_bytes=self.settings.log_max_bytes,
+                    marked_by=_ATTEMPT_MARKS)
             finally:
                 del self._in_command[job.id]  # from here on, a cancel request no longer reaches this task
         except ResourceShortage as exc:

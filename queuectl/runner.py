@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from queuectl import exports
@@ -102,20 +102,23 @@ async def run_command(
     timeout_s: float | None,
     kill_grace_s: float,
     log_max_bytes: int = 0,
-    marks: Collection[bytes] = (),
+    marked_by: Collection[str] = (),
 ) -> Outcome:
     """Run to the end (or the timeout) and describe what happened. The command's environment is env (None: this
     process's own) with variables added: the shell exports them before the command (see exports), unless that
-    makes the line too long for Linux, when they join env. Never raises for the command's faults;
-    on cancellation the process group is terminated before CancelledError propagates. Raises ResourceShortage
-    when the command could not be started for want of files, processes or memory (see _SHORTAGES)."""
+    makes the line too long for Linux, when they join env. The variables named in marked_by mark the command's
+    processes: a timeout or a cancel also stops those that left its group (see terminate_group). Never raises for
+    the command's faults; on cancellation the process group is terminated before CancelledError propagates.
+    Raises ResourceShortage when the command could not be started for want of files, processes or memory (see
+    _SHORTAGES)."""
     started_at = time.time()
+    given = variables or {}
     sink = LogSink(log_path, max_bytes=log_max_bytes)
     try:
         try:
             write_fd = sink.pipe()
             try:
-                shell_line, env = _shell_line(command, env, variables or {})
+                shell_line, env = _shell_line(command, env, given)
                 proc = await asyncio.create_subprocess_shell(
                     shell_line,
                     stdin=devnull(),
@@ -137,7 +140,8 @@ async def run_command(
             return Outcome(exit_code=None, error=reason, output_tail=reason, log_path=str(log_path),
                            started_at=started_at, finished_at=time.time())
         sink.attach()
-        timed_out = await _wait(proc, timeout_s, kill_grace_s, marks)
+        timed_out = await _wait(proc, timeout_s, kill_grace_s,
+                                lambda: [os.fsencode(f"{name}={given[name]}") for name in marked_by if name in given])
     finally:
         tail = sink.finish()
     code = proc.returncode
@@ -174,16 +178,15 @@ def _why_not_started(exc: OSError | ValueError, cwd: str) -> str:
     return f"cannot start: {exc.strerror or exc}"
 
 
-async def _wait(
-    proc: asyncio.subprocess.Process, timeout_s: float | None, kill_grace_s: float, marks: Collection[bytes]
-) -> bool:
-    """Wait for the command; True if it was timed out (and its group terminated)."""
+async def _wait(proc: asyncio.subprocess.Process, timeout_s: float | None, kill_grace_s: float,
+                marks: Callable[[], Collection[bytes]]) -> bool:
+    """Wait for the command; True if it was timed out (and its group terminated). The marks are made only then."""
     try:
         await asyncio.wait_for(proc.wait(), timeout_s)
     except TimeoutError:
-        await terminate_group(proc, kill_grace_s, marks)
+        await terminate_group(proc, kill_grace_s, marks())
         return True
     except asyncio.CancelledError:
-        await terminate_group(proc, kill_grace_s, marks)
+        await terminate_group(proc, kill_grace_s, marks())
         raise
     return False

@@ -259,13 +259,12 @@ async def test_descendants_that_left_the_group_are_found_by_their_marks_and_kill
     """A descendant started with setsid (a daemon) leaves the command's process group, so killing the group missed
     it. It still carries the attempt's marks in its environment: a timeout, a cancel or a stop finds it by them."""
     pids = work / "pids"
-    marks = (b"QUEUECTL_JOB_ID=escaper", b"QUEUECTL_ATTEMPT=3")
-    env = {**os.environ, "QUEUECTL_JOB_ID": "escaper", "QUEUECTL_ATTEMPT": "3"}
+    variables = {"QUEUECTL_JOB_ID": "escaper", "QUEUECTL_ATTEMPT": "3"}
     command = (f"setsid sh -c 'echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; wait' & "
                f"echo $$ >> {pids}; sleep 300")
     task = asyncio.create_task(run_command(
-        command, cwd=str(work), env=env, log_path=tmp_path / "a.log", timeout_s=1.0 if stop == "timeout" else None,
-        kill_grace_s=0.5, marks=marks))
+        command, cwd=str(work), variables=variables, log_path=tmp_path / "a.log",
+        timeout_s=1.0 if stop == "timeout" else None, kill_grace_s=0.5, marked_by=variables))
     seen = await await_until(lambda: len(read_pids(pids)) == 3 and read_pids(pids), timeout=10,
                              what="the command and its escaped daemon to write their 3 pids")
     leftovers.extend(seen)
