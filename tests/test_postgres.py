@@ -90,6 +90,23 @@ async def test_engines_opening_together_migrate_once(url: str, schema: str, stor
     assert (await opened[7].get("j1")).state == JobState.PENDING
 
 
+async def test_the_database_refuses_a_job_state_or_attempt_status_queuectl_does_not_know(
+    url: str, schema: str, stores: Callable[..., Any]
+) -> None:
+    store = await stores()
+    await store.enqueue([job("a")], now=NOW)
+    ident = sql.Identifier(schema)
+    await sql_rows(url, sql.SQL("INSERT INTO {}.attempts (job_id, number, status, started_at) "
+                                "VALUES ('a', 1, 'failed', 1)").format(ident))
+    for statement in ["UPDATE {}.jobs SET state = 'bogus'", "UPDATE {}.attempts SET status = 'bogus'"]:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            await sql_rows(url, sql.SQL(statement).format(ident))
+    for status in AttemptStatus:
+        await sql_rows(url, sql.SQL("UPDATE {}.attempts SET status = %s").format(ident), (status.value,))
+    for state in JobState:
+        await sql_rows(url, sql.SQL("UPDATE {}.jobs SET state = %s").format(ident), (state.value,))
+
+
 async def test_a_schema_named_in_the_url_is_created(url: str, schema: str) -> None:
     store = PostgresStore(url_with_schema(url, schema))
     await store.open()

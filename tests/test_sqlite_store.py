@@ -19,7 +19,7 @@ import pytest
 from queuectl import jobspec
 from queuectl.api import Queue
 from queuectl.errors import StoreError
-from queuectl.models import JobState
+from queuectl.models import AttemptStatus, JobState
 from queuectl.store import open_store, sqlite_ops, sqlite_schema
 from queuectl.store.sqlite import SQLiteStore
 from tests.helpers import ROOT, proc_env
@@ -152,6 +152,37 @@ async def test_migrations_are_applied_at_open_and_recorded_in_user_version(tmp_p
         conn.close()
     assert {"jobs", "attempts", "config", "engines"} <= tables
     assert "jobs_claim" in indexes
+
+
+def test_the_database_refuses_a_job_state_or_attempt_status_queuectl_does_not_know(tmp_path: Path) -> None:
+    """A hand edit that would leave a row neither `list` nor `status` can read fails instead, saying why; every
+    state and status queuectl knows is still accepted."""
+    db = tmp_path / "queue.db"
+    asyncio.run(_enqueue_one(db))
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO attempts(job_id, number, status, started_at) VALUES ('a', 1, 'failed', 1)")
+        for statement in ["UPDATE jobs SET state = 'bogus'", "UPDATE attempts SET status = 'bogus'",
+                          "INSERT INTO jobs(id, command, state, run_at, cwd, created_at, updated_at) "
+                          "VALUES ('b', 'true', 'Pending', 1, '/', 1, 1)",
+                          "INSERT INTO attempts(job_id, number, status, started_at) VALUES ('a', 2, '', 1)"]:
+            with pytest.raises(sqlite3.IntegrityError, match=r"^queuectl: unknown (job state|attempt status)$"):
+                conn.execute(statement)
+        for state in JobState:
+            conn.execute("UPDATE jobs SET state = ?", (state.value,))
+        for status in AttemptStatus:
+            conn.execute("UPDATE attempts SET status = ?", (status.value,))
+        assert conn.execute("SELECT state FROM jobs").fetchall() == [(list(JobState)[-1].value,)]
+    finally:
+        conn.close()
+
+
+async def _enqueue_one(db: Path) -> None:
+    store = await opened(db)
+    try:
+        await store.enqueue([new_job("a")], now=NOW)
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("old_version", range(1, sqlite_schema.SCHEMA_VERSION))
