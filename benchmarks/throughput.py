@@ -64,7 +64,7 @@ async def _bare_as_required(n_jobs: int, workers: int, command: str) -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            line = exports.line({"QUEUECTL_JOB_ID": f"j{remaining:07d}", "QUEUECTL_ATTEMPT": "1"}, command)
+            line = exports.line({"QUEUECTL_JOB_ID": f"j{remaining:07d}", "QUEUECTL_ATTEMPT": "1"}, command) or ""
             read_fd, write_fd = os.pipe()
             os.set_blocking(read_fd, False)
             try:

@@ -20,13 +20,14 @@ _ENTRY = re.compile(rb"""([A-Za-z_][A-Za-z0-9_]*)='((?:[^']|'"'"')*)'([ ;])""")
 _HEAD = b"export "
 
 
-def line(variables: Mapping[str, str], command: str) -> str:
-    """`command` preceded by the export of `variables` (names must be valid shell names: ours are). It stays one
-    line so that the shell's messages name the command's own line numbers."""
+def line(variables: Mapping[str, str], command: str) -> str | None:
+    """`command` preceded by the export of `variables` (names must be valid shell names: ours are), or None when a
+    value holds a newline: the exports must stay on the command's first line, so that the shell's messages name
+    the command's own line numbers."""
     if not variables:
         return command
     entries = " ".join(f"{name}='{value.replace(chr(39), _QUOTE)}'" for name, value in variables.items())
-    return f"export {entries}; {command}"
+    return None if "\n" in entries else f"export {entries}; {command}"
 
 
 def exported(command_line: bytes) -> list[bytes]:

@@ -91,18 +91,22 @@ def pid_alive(pid: int, *, started_by: float | None = None) -> bool:
 
 
 def environ(pid: str) -> list[bytes]:
-    """The environment the process was started with, as "KEY=value" entries ([] if gone, or another user's), and,
-    for a job's shell, what its command line exports before the command (see exports): the job's variables."""
+    """The environment the process was started with, as "KEY=value" entries ([] if gone, or another user's), led,
+    for a job's shell, by what its command line exports before the command (see exports): the job's variables, in
+    force over what the shell inherited, so first (a reader takes a variable's first entry)."""
     raw = _read(f"/proc/{pid}/environ")
-    return (raw.split(b"\0") if raw else []) + exported(_read(f"/proc/{pid}/cmdline"))
+    if raw is None:  # gone, or not ours to read: its command line (world-readable) says nothing we may act on
+        return []
+    own = raw.split(b"\0") if raw else []
+    return exported(_read(f"/proc/{pid}/cmdline") or b"") + own
 
 
-def _read(path: str) -> bytes:
+def _read(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError:
-        return b""
+        return None
 
 
 def marked_groups(marks: Collection[bytes]) -> set[int]:

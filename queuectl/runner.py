@@ -106,13 +106,15 @@ async def run_command(
 ) -> Outcome:
     """Run to the end (or the timeout) and describe what happened. The command's environment is env (None: this
     process's own) with variables added: the shell exports them before the command (see exports), unless that
-    makes the line too long for Linux, when they join env. The variables named in marked_by mark the command's
-    processes: a timeout or a cancel also stops those that left its group (see terminate_group). Never raises for
-    the command's faults; on cancellation the process group is terminated before CancelledError propagates.
-    Raises ResourceShortage when the command could not be started for want of files, processes or memory (see
-    _SHORTAGES)."""
+    makes the line too long for Linux (or a value holds a newline), when they join env. The variables named in
+    marked_by mark the command's processes: a timeout or a cancel also stops those that left its group (see
+    terminate_group). Never raises for the command's faults; on cancellation the process group is terminated
+    before CancelledError propagates. Raises ResourceShortage when the command could not be started for want of
+    files, processes or memory (see _SHORTAGES)."""
     started_at = time.time()
     given = variables or {}
+    if not given.keys() >= set(marked_by):  # fewer marks would match other commands' processes too
+        raise ValueError(f"marked_by names variables not given: {sorted(set(marked_by) - given.keys())}")
     sink = LogSink(log_path, max_bytes=log_max_bytes)
     try:
         try:
@@ -158,7 +160,7 @@ def _shell_line(command: str, env: Mapping[str, str] | Mapping[bytes, bytes] | N
                 ) -> tuple[str, Mapping[str, str] | Mapping[bytes, bytes] | None]:
     """What /bin/sh -c runs, and with which environment."""
     exporting = exports.line(variables, command)
-    if variables and len(os.fsencode(exporting)) < _MAX_ARGUMENT_BYTES:
+    if variables and exporting is not None and len(os.fsencode(exporting)) < _MAX_ARGUMENT_BYTES:
         return exporting, env
     if variables:
         env = {**{os.fsencode(k): os.fsencode(v) for k, v in (os.environb if env is None else env).items()},

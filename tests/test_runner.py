@@ -204,6 +204,24 @@ def own_environment(pid: int) -> list[bytes]:
         return f.read().split(b"\0")
 
 
+async def test_marks_naming_a_variable_not_given_are_refused_before_anything_starts(work: Path, tmp_path: Path
+                                                                                    ) -> None:
+    """Fewer marks than meant would match other commands' processes too, and a stop would kill them."""
+    with pytest.raises(ValueError, match="QUEUECTL_ATTEMPT"):
+        await run_command(f"touch {work}/ran", cwd=str(work), variables={"QUEUECTL_JOB_ID": "j"},
+                          marked_by=("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT"), log_path=tmp_path / "a.log",
+                          timeout_s=30, kill_grace_s=1)
+    assert not (work / "ran").exists()
+
+
+async def test_a_variable_with_a_newline_leaves_the_shells_line_numbers_alone(work: Path, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    outcome = await run_command('echo "$V"\necho (', cwd=str(work), variables={"V": "two\nlines"}, log_path=log,
+                                timeout_s=30, kill_grace_s=1)
+    assert outcome.exit_code == 2
+    assert ": 2: Syntax error" in log.read_text()
+
+
 @pytest.mark.parametrize("command", ["-x", "+x"])
 async def test_a_command_starting_with_a_dash_after_the_exports_is_a_command_not_found(
     command: str, work: Path, tmp_path: Path
