@@ -143,7 +143,7 @@ async def run_command(
                            started_at=started_at, finished_at=time.time())
         sink.attach()
         timed_out = await _wait(proc, timeout_s, kill_grace_s,
-                                lambda: [os.fsencode(f"{name}={given[name]}") for name in marked_by if name in given])
+                                lambda: [os.fsencode(f"{name}={given[name]}") for name in marked_by])
     finally:
         tail = sink.finish()
     code = proc.returncode
