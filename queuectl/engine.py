@@ -497,20 +497,25 @@ class Engine:
                 return
             await finish_even_if_cancelled(self._release(claim))
             raise
+        except Exception as exc:  # our own fault once the attempt began: it keeps its start and its log
+            self._internal_error(claim, exc, started_at=started_at, log_path=log_path)
+            return
         self._cancelling.discard(job.id)  # flagged, but the command ended first: its result stands
         self._shortages = 0
         took_s = outcome.finished_at - outcome.started_at
         self._recent_job_s = took_s if self._recent_job_s == float("inf") else 0.8 * self._recent_job_s + 0.2 * took_s
         self._finished.append(results.decide(claim, outcome, self.settings))
 
-    def _internal_error(self, claim: Claim, exc: Exception) -> None:
+    def _internal_error(self, claim: Claim, exc: Exception, *, started_at: float | None = None,
+                        log_path: str | None = None) -> None:
         """A fault of ours while running this job (not its command's): logged with the job's id, and the attempt
         fails like any other, so that the job is retried or dead, never lost or left processing."""
         job_id = claim.job.id
         self.log.emit("internal_error", f"{job_id} internal error: {exc!r}", job=job_id, error=repr(exc))
         self._cancelling.discard(job_id)
         now = time.time()
-        outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", started_at=now, finished_at=now)
+        outcome = Outcome(exit_code=None, error=f"internal error: {exc!r}", log_path=log_path,
+                          started_at=now if started_at is None else started_at, finished_at=now)
         try:
             finished = results.decide(claim, outcome, self.settings)
         except Exception:  # what broke the attempt may break the decision too: then the dead-letter queue, in sight

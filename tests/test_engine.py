@@ -669,6 +669,10 @@ async def test_internal_error_for_one_job_fails_that_job_and_the_others_go_on(
     assert found["broken"].last_error == "internal error: RuntimeError('injected fault')"
     assert re.search(r"broken internal error: RuntimeError\('injected fault'\)", log)
     assert summary.completed == 1
+    (attempt,) = await attempts_async(home, "broken")
+    if where != "before its command starts":  # the attempt keeps the command's start and its log
+        assert attempt.log_path is not None and attempt.log_path.endswith("1.log")
+        assert attempt.finished_at is not None and attempt.started_at < attempt.finished_at
 
 
 def test_unusable_data_directory_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path) -> None:
