@@ -145,9 +145,6 @@ class Engine:
         check_text_path(self.options.home)
         config.env_overrides()  # a bad QUEUECTL_<KEY> is refused now, not worked around at every decision
         undo_watcher = install_child_watcher()
-        # Start-up's /proc scan for a dead engine's commands (a thread: ~1 ms per 100 processes) runs while the
-        # store trips below do; the jobs are given back only after it (see _recover).
-        leftovers = asyncio.ensure_future(asyncio.to_thread(orphans.kill_leftovers, self.host, self.id))
         now = time.time()
         # Independent of each other, so asked together: a store runs them back to back, without a trip to the
         # event loop and back in between (start-up was a dozen such trips in a row).
@@ -163,7 +160,7 @@ class Engine:
         background: list[asyncio.Task[None]] = []
         try:
             await self.store.subscribe(self._on_change)
-            await self._recover(leftovers)
+            await self._recover()
             self._token = await self.store.change_token()
             for warning in loose_permissions(self.options.home):
                 self.log.emit("insecure", f"WARNING: {warning}", warning=warning)
@@ -609,12 +606,11 @@ class Engine:
                 f"{n} {state.value}" for state, n in deleted.items()) + " job(s) past their retention",
                 deleted={state.value: n for state, n in deleted.items()})
 
-    async def _recover(self, leftovers: Awaitable[list[str]] | None = None) -> None:
-        # The /proc scan (two files per process) runs in a thread while the store lists the engines (leftovers: one
-        # started already); both are done before any job is given back, so that a dead engine's commands are gone
-        # before their jobs run again.
+    async def _recover(self) -> None:
+        # The /proc scan (two files per process) runs in a thread while the store lists the engines; both are done
+        # before any job is given back, so that a dead engine's commands are gone before their jobs run again.
         killed, engines = await asyncio.gather(
-            leftovers or asyncio.to_thread(orphans.kill_leftovers, self.host, self.id), self.store.engines())
+            asyncio.to_thread(orphans.kill_leftovers, self.host, self.id), self.store.engines())
         if killed:
             self.log.emit("orphans_killed", f"killed the still-running commands of {len(killed)} job(s) left "
                           f"by a dead engine: {', '.join(killed[:10])}", jobs=killed)
