@@ -147,10 +147,16 @@ class Engine:
         undo_watcher = install_child_watcher()
         now = time.time()
         # Independent of each other, so asked together: a store runs them back to back, without a trip to the
-        # event loop and back in between (start-up was a dozen such trips in a row).
-        await asyncio.gather(self._reload_settings(), self.store.register_engine(EngineInfo(
+        # event loop and back in between (start-up was a dozen such trips in a row). Both end before a failure is
+        # raised: the settings read must not outlive a start that failed (it would log against a closed store),
+        # and the child watcher is put back for whatever else the process runs.
+        started = await asyncio.gather(self._reload_settings(), self.store.register_engine(EngineInfo(
             id=self.id, host=self.host, pid=os.getpid(), workers=self.options.workers, started_at=now,
-            heartbeat_at=now)))
+            heartbeat_at=now)), return_exceptions=True)
+        failed = next((result for result in started if isinstance(result, BaseException)), None)
+        if failed is not None:
+            undo_watcher()
+            raise failed
         try:
             self._listener.open()
         except OSError as exc:

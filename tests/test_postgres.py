@@ -107,6 +107,28 @@ async def test_the_database_refuses_a_job_state_or_attempt_status_queuectl_does_
         await sql_rows(url, sql.SQL("UPDATE {}.jobs SET state = %s").format(ident), (state.value,))
 
 
+async def test_an_engine_that_cannot_register_fails_cleanly_and_puts_the_child_watcher_back(
+    url: str, schema: str, stores: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A read-only database: registering the engine fails. Before, the engine's child watcher stayed installed for
+    the rest of the process. (The settings read asked beside the registration is now awaited too, so that it
+    cannot log against the store closed after the failure; here it happens to end first either way.)"""
+    await stores()  # the schema, migrated
+    read_only_url = url + ("&" if "?" in url else "?") + "options=-c%20default_transaction_read_only%3Don"
+    read_only = PostgresStore(read_only_url, schema_name=schema)
+    await read_only.open()
+    log = io.StringIO()
+    try:
+        engine = Engine(read_only, EngineOptions(home=tmp_path, workers=1, until_idle=True), EventLog(stream=log))
+        with pytest.raises(StoreError, match="read-only"):
+            await engine.run(handle_signals=False)
+    finally:
+        await read_only.close()  # as the CLI does at once
+    await asyncio.sleep(0.2)  # what a settings read still going would log, it would have logged by now
+    assert "cannot read config" not in log.getvalue(), log.getvalue()
+    assert type(asyncio.get_child_watcher()).__name__ != "_SameThreadPidfdWatcher"
+
+
 async def test_a_schema_named_in_the_url_is_created(url: str, schema: str) -> None:
     store = PostgresStore(url_with_schema(url, schema))
     await store.open()
