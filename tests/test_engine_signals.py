@@ -312,6 +312,11 @@ def _unshare_permitted(*namespaces: str) -> bool:
     return done.returncode == 0
 
 
+#: The container tests' engines run in a pid namespace of their own (checked once, when the module loads).
+_needs_pid_namespace = pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]),
+                                          reason="needs `unshare --pid` (root or user namespaces)")
+
+
 @pytest.mark.skipif(not _unshare_permitted("--uts"), reason="needs `unshare --uts` (root or user namespaces)")
 def test_an_engine_started_from_a_dead_engines_job_does_not_kill_itself(home: Path, work: Path) -> None:
     """A job's environment carries its engine's id, and so does whatever it starts: a `queuectl run` started from
@@ -390,7 +395,7 @@ async def test_jobs_of_a_live_engine_on_another_host_are_left_alone(home: Path, 
     assert found.engine_id == fake_id
 
 
-@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
+@_needs_pid_namespace
 def test_an_engine_in_its_own_pid_namespace_is_not_judged_by_its_pid_from_outside(
     home: Path, work: Path, engines: Engines
 ) -> None:
@@ -424,7 +429,7 @@ def test_an_engine_in_its_own_pid_namespace_is_not_judged_by_its_pid_from_outsid
     assert (done.state, done.runs) == (COMPLETED, 1)
 
 
-@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
+@_needs_pid_namespace
 def test_as_a_containers_first_process_the_engine_leaves_an_init_that_reaps_and_passes_signals_on(
     home: Path, work: Path, engines: Engines
 ) -> None:
@@ -454,7 +459,7 @@ def test_as_a_containers_first_process_the_engine_leaves_an_init_that_reaps_and_
     assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused  # the engine's status, via pid 1
 
 
-@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
+@_needs_pid_namespace
 def test_as_a_containers_first_process_on_a_terminal_one_ctrl_c_is_a_graceful_stop(
     home: Path, work: Path, tmp_path: Path
 ) -> None:
@@ -486,7 +491,7 @@ def test_as_a_containers_first_process_on_a_terminal_one_ctrl_c_is_a_graceful_st
     assert (done.state, done.runs) == (COMPLETED, 1)
 
 
-@pytest.mark.skipif(not _unshare_permitted(*_UNSHARE[1:]), reason="needs `unshare --pid` (root or user namespaces)")
+@_needs_pid_namespace
 def test_after_a_container_restart_until_idle_waits_for_the_dead_engines_jobs_and_runs_them(
     home: Path, work: Path, engines: Engines
 ) -> None:
